@@ -258,8 +258,8 @@ class CrossFormer(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self):
-        "Parameter names that AdamW should not decay (norms and biases of the DPB)."
-        return {n for n, _ in self.named_parameters() if 'norm' in n or '.pos.' in n and n.endswith('bias')}
+        "Parameter names that AdamW should not decay: the LayerNorms (the UPerNet recipe's `norm` rule)."
+        return {n for n, _ in self.named_parameters() if 'norm' in n}
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable=True):

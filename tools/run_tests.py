@@ -1,0 +1,52 @@
+"""The project's test command: every notebook through `nbdev-test` (one run per notebook, so each is counted), then the
+project checks in `tests/` through pytest. Prints one line per notebook and ends with `N passed, N failed`.
+
+    python tools/run_tests.py [--flags slow] [notebook ...]
+"""
+import argparse, re, subprocess, sys, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+def run_notebooks(nbs, flags=''):
+    passed, failed = 0, []
+    for nb in nbs:
+        t0 = time.time()
+        cmd = [str(BIN / 'nbdev-test'), '--n-workers', '0', str(nb)] + (['--flags', flags] if flags else [])
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        ok = r.returncode == 0
+        print(f'{"PASS" if ok else "FAIL"} {nb.relative_to(ROOT)} ({time.time() - t0:.0f} s)', flush=True)
+        if ok: passed += 1
+        else:
+            failed.append(nb.name)
+            print(r.stdout[-6000:], r.stderr[-6000:], sep='\n', flush=True)
+    return passed, failed
+
+def run_pytest(paths):
+    if not paths: return 0, 0
+    r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *map(str, paths)], cwd=ROOT,
+                       capture_output=True, text=True)
+    out = r.stdout + r.stderr
+    print(out[-8000:], flush=True)
+    count = lambda word: sum(int(n) for n in re.findall(rf'(\d+) {word}', out.splitlines()[-1] if out.strip() else ''))
+    passed, failed = count('passed'), count('failed') + count('error')
+    if r.returncode not in (0, 5) and failed == 0: failed = 1   # pytest crashed without a summary
+    return passed, failed
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--flags', default='', help='nbdev test flags to enable, e.g. "slow"')
+    p.add_argument('notebooks', nargs='*', help='notebooks to run (default: all of nbs/)')
+    a = p.parse_args(argv)
+    t0 = time.time()
+    nbs = [Path(n).resolve() for n in a.notebooks] or sorted(p for p in (ROOT / 'nbs').glob('*.ipynb') if not p.name.startswith(('_', '.')))
+    nb_pass, nb_fail = run_notebooks(nbs, a.flags)
+    py_pass, py_fail = run_pytest([] if a.notebooks else [ROOT / 'tests'])
+    passed, failed = nb_pass + py_pass, len(nb_fail) + py_fail
+    if nb_fail: print('failed notebooks: ' + ', '.join(nb_fail))
+    print(f'total time {time.time() - t0:.0f} s')
+    print(f'{passed} passed, {failed} failed')
+    return 1 if failed or not passed else 0
+
+if __name__ == '__main__': sys.exit(main())
