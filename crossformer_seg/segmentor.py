@@ -35,6 +35,11 @@ class EncoderDecoder(nn.Module):
     @property
     def with_auxiliary_head(self): return self.auxiliary_head is not None
 
+    def set_grad_checkpointing(self, enable=True):
+        "Recompute the backbone's blocks in the backward pass (less activation memory, more time)."
+        self.backbone.set_grad_checkpointing(enable)
+        return self
+
     def extract_feat(self, x):
         "The backbone's stage maps, through the neck if there is one."
         feats = self.backbone(_plain(x))
@@ -198,7 +203,7 @@ def slide_logits(model, img, crop_size=(512, 512), stride=(341, 341)):
             y2, x2 = min(r * hs + hc, h), min(c * ws + wc, w)
             y1, x1 = max(y2 - hc, 0), max(x2 - wc, 0)  # the last window is shifted back inside the image
             out = _logits(model, img[..., y1:y2, x1:x2])
-            if preds is None: preds = out.new_zeros((*out.shape[:2], h, w))
+            if preds is None: preds = out.new_zeros((*out.shape[:2], h, w), dtype=torch.promote_types(out.dtype, torch.float32))
             preds[..., y1:y2, x1:x2] += out
             count[..., y1:y2, x1:x2] += 1
     return preds / count
@@ -226,7 +231,7 @@ def inference(model, img, mode='whole', crop_size=(512, 512), stride=(341, 341),
         for r in (ratios or [1.0]):
             x = img if r == 1 and not size_divisor else _scaled(img, r, size_divisor)
             for f in ([False, True] if flip else [False]):
-                p = resize(single(x.flip(-1) if f else x), out_size).softmax(1)
+                p = resize(single(x.flip(-1) if f else x), out_size).float().softmax(1)
                 probs, n = probs + (p.flip(-1) if f else p), n + 1
         probs = probs / n
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()  # log-probabilities: softmax gives `probs` back
