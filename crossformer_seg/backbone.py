@@ -240,7 +240,8 @@ class CrossFormer(nn.Module):
         self.num_features = self.dims[-1]
         self.patch_embed = CrossScaleEmbedding(patch_size, in_chans, embed_dim, norm_layer if patch_norm else None)
         self.pos_drop = nn.Dropout(p=drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()   # stochastic depth grows linearly
+        n_blocks = sum(depths)   # stochastic depth grows linearly over all blocks (plain Python: works on 'meta' too)
+        dpr = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]
         self.layers = nn.ModuleList(
             CrossFormerStage(self.dims[i], depths[i], num_heads[i], group_size[i], crs_interval[i], mlp_ratio,
                              qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[sum(depths[:i]):sum(depths[:i + 1])],
