@@ -105,7 +105,7 @@ def long_distance_ungroup(x, I, Hp, Wp):
     C = x.shape[-1]
     return x.reshape(-1, I, I, Hp // I, Wp // I, C).permute(0, 3, 1, 4, 2, 5).reshape(-1, Hp, Wp, C)
 
-# %% ../nbs/00_backbone.ipynb #c023
+# %% ../nbs/00_backbone.ipynb #c024
 def attention_layout(H, W, group_size, interval, long_distance):
     "`(kind, size, pad_b, pad_r, (Gh, Gw))` for an `H x W` map: 'SDA' with window `size`, or 'LDA' with interval `size`."
     if min(H, W) <= group_size: kind, size = 'SDA', min(H, W)
@@ -116,7 +116,7 @@ def attention_layout(H, W, group_size, interval, long_distance):
     group = (size, size) if kind == 'SDA' else (Hp // size, Wp // size)
     return kind, size, pad_b, pad_r, group
 
-# %% ../nbs/00_backbone.ipynb #c027
+# %% ../nbs/00_backbone.ipynb #c028
 class LSDAttention(nn.Module):
     "Multi-head attention within groups with dynamic position bias; `forward(x, group_hw, key_mask)`."
     def __init__(self, dim, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0., proj_drop=0., use_sdpa=True):
@@ -159,7 +159,7 @@ class LSDAttention(nn.Module):
         x = x.transpose(1, 2).reshape(B_, N, C)
         return self.proj_drop(self.proj(x))
 
-# %% ../nbs/00_backbone.ipynb #c029
+# %% ../nbs/00_backbone.ipynb #c030
 class CrossFormerBlock(nn.Module):
     "One LSDA transformer block; `long_distance` selects LDA (odd blocks) over SDA (even blocks)."
     def __init__(self, dim, num_heads, group_size=7, interval=8, long_distance=False, mlp_ratio=4., qkv_bias=True,
@@ -197,7 +197,7 @@ class CrossFormerBlock(nn.Module):
         x = shortcut + self.drop_path(x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
-# %% ../nbs/00_backbone.ipynb #c031
+# %% ../nbs/00_backbone.ipynb #c032
 class CrossFormerStage(nn.Module):
     "Blocks of one stage and the following cross-scale merging; returns the stage output and the merged tokens."
     def __init__(self, dim, depth, num_heads, group_size, interval, mlp_ratio=4., qkv_bias=True, qk_scale=None,
@@ -221,7 +221,7 @@ class CrossFormerStage(nn.Module):
         if self.downsample is not None: x, (H, W) = self.downsample(x, H, W)
         return out, x, (H, W)
 
-# %% ../nbs/00_backbone.ipynb #c032
+# %% ../nbs/00_backbone.ipynb #c033
 MIN_INPUT_SIZE = 32  # the stride-32 stage needs at least one token
 
 class CrossFormer(nn.Module):
@@ -303,11 +303,11 @@ class CrossFormer(nn.Module):
         "The four stage outputs, NCHW, strides 4/8/16/32."
         return self.forward_intermediates(x, intermediates_only=True)
 
-# %% ../nbs/00_backbone.ipynb #c034
+# %% ../nbs/00_backbone.ipynb #c035
 TINY_BACKBONE = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), group_size=(7, 7, 7, 7),
                      crs_interval=(8, 4, 2, 1), drop_path_rate=0.)
 
-# %% ../nbs/00_backbone.ipynb #c035
+# %% ../nbs/00_backbone.ipynb #c036
 def check_against_compact(out, ref, key, atol=1e-4, rtol=1e-4):
     "Compare tensor `out` with the compact reference entry `key` (sampled values, sums); raise AssertionError if off."
     if key in ref: return torch.testing.assert_close(out.float(), ref[key].float(), atol=atol, rtol=rtol)
@@ -317,7 +317,7 @@ def check_against_compact(out, ref, key, atol=1e-4, rtol=1e-4):
     s, ref_s, ref_abs = out.double().sum(), ref[f'{key}::sum'][0], ref[f'{key}::abssum'][0]
     assert (s - ref_s).abs() <= 1e-6 * ref_abs + atol, f'{key}: sum {s.item()} != {ref_s.item()}'
 
-# %% ../nbs/00_backbone.ipynb #c046
+# %% ../nbs/00_backbone.ipynb #c047
 class CrossFormerClassifier(CrossFormer):
     "CrossFormer with final LayerNorm, average pooling and a linear head (the ImageNet model)."
     def __init__(self, num_classes=1000, global_pool='avg', norm_layer=nn.LayerNorm, **kwargs):
@@ -342,7 +342,7 @@ class CrossFormerClassifier(CrossFormer):
 
     def forward(self, x): return self.forward_head(self.forward_features(x))
 
-# %% ../nbs/00_backbone.ipynb #c047
+# %% ../nbs/00_backbone.ipynb #c048
 ORIGINAL_BUFFER_SUFFIXES = ('attn.biases', 'attn.relative_position_index')
 
 def checkpoint_filter_fn(state_dict, model=None):
@@ -350,7 +350,7 @@ def checkpoint_filter_fn(state_dict, model=None):
     sd = state_dict.get('model', state_dict)
     return {k: v for k, v in sd.items() if not k.endswith(ORIGINAL_BUFFER_SUFFIXES)}
 
-# %% ../nbs/00_backbone.ipynb #c048
+# %% ../nbs/00_backbone.ipynb #c049
 CROSSFORMER_VARIANTS = {  # the paper's ImageNet hyper-parameters
     't': dict(embed_dim=64, depths=(1, 1, 8, 6), num_heads=(2, 4, 8, 16), drop_path_rate=0.1),
     's': dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2),
@@ -379,7 +379,7 @@ def crossformer_b(pretrained=False, **kwargs): return _create_crossformer('cross
 @register_model
 def crossformer_l(pretrained=False, **kwargs): return _create_crossformer('crossformer_l', pretrained, **kwargs)
 
-# %% ../nbs/00_backbone.ipynb #c050
+# %% ../nbs/00_backbone.ipynb #c051
 def crossformer_backbone(variant, group_size=(7, 7, 7, 7), crs_interval=(8, 4, 2, 1), **kwargs):
     "Segmentation backbone (no norm/head) of variant 't'|'s'|'b'|'l' with per-stage group sizes and intervals."
     return CrossFormer(**{**CROSSFORMER_VARIANTS[variant], 'group_size': group_size, 'crs_interval': crs_interval, **kwargs})
