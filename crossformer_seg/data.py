@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 import matplotlib.pyplot as plt
 
-from fastai.torch_core import TensorImage, TensorMask
 from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.core import TfmdDL, DataLoaders
 from fasttransform import ItemTransform
@@ -297,14 +296,24 @@ def photometric_params(rng, brightness_delta=32, contrast_range=(0.5, 1.5), satu
     return p
 
 _SHIFT = 12   # OpenCV's 8-bit RGB->HSV works in 12-bit fixed point with these division tables
-_SDIV = torch.tensor([0] + [round((255 << _SHIFT) / i) for i in range(1, 256)])
-_HDIV = torch.tensor([0] + [round((180 << _SHIFT) / (6 * i)) for i in range(1, 256)])
+_SDIV = torch.tensor([0] + [round((255 << _SHIFT) / i) for i in range(1, 256)], dtype=torch.int32)
+_HDIV = torch.tensor([0] + [round((180 << _SHIFT) / (6 * i)) for i in range(1, 256)], dtype=torch.int32)
 _SECTOR = torch.tensor([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])  # (R, G, B) of each hue sector
 
+def _hsv_factors():
+    "(3, 180 * 256) float32 table: channel = v * factor[h, s], with OpenCV's float32 `1 - s`, `1 - s*f`, `1 - s*(1-f)`."
+    hh = torch.arange(180, dtype=torch.float32)[:, None] * (6 / 180)
+    s = torch.arange(256, dtype=torch.float32)[None, :] * (1 / 255)
+    sector = hh.floor(); f = hh - sector
+    tab = torch.stack([torch.ones(180, 256), (1 - s).expand(180, 256), 1 - s * f, 1 - s * (1 - f)])   # v, p, q, t
+    idx, rows = _SECTOR[sector.long()[:, 0]], torch.arange(180)
+    return torch.stack([tab[idx[:, c], rows] for c in range(3)]).reshape(3, -1).contiguous()
+_HSV_FACTORS = _hsv_factors()
+
 def rgb_to_hsv(x):
-    "OpenCV's 8-bit HSV of an integer-valued RGB (3, H, W) image: int64 H in 0..179, S and V in 0..255."
-    x = x.long(); r, g, b = x
-    v, mn = x.max(0).values, x.min(0).values
+    "OpenCV's 8-bit HSV of an integer-valued RGB (3, H, W) image: int32 H in 0..179, S and V in 0..255."
+    r, g, b = x.to(torch.int32).unbind(0)
+    v, mn = torch.maximum(torch.maximum(r, g), b), torch.minimum(torch.minimum(r, g), b)
     d = v - mn
     s = (d * _SDIV[v] + (1 << (_SHIFT - 1))) >> _SHIFT
     h = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * d, r - g + 4 * d))
@@ -312,17 +321,14 @@ def rgb_to_hsv(x):
     return torch.where(h < 0, h + 180, h), s, v
 
 def hsv_to_rgb(h, s, v):
-    "OpenCV's 8-bit HSV -> RGB (float32 sector formula, truncated as its vectorised loop does): uint8 (3, H, W)."
-    hh = h.float() * (6 / 180); s = s.float() * (1 / 255); v = v.float() * (1 / 255)
-    sector = hh.floor(); f = hh - sector
-    tab = torch.stack([v, v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))])       # v, p, q, t
-    idx = _SECTOR[sector.long().clamp(0, 5)].permute(2, 0, 1)                          # (3, H, W) rows of `tab`
-    return (tab.gather(0, idx) * 255).trunc().clamp(0, 255).to(torch.uint8)
+    "OpenCV's 8-bit HSV -> RGB: `v/255 * factor(h, s) * 255` in float32, truncated as its vectorised loop does; uint8 (3, H, W)."
+    fac = _HSV_FACTORS.index_select(1, (h.long() * 256 + s.long()).reshape(-1)).view(3, *h.shape)
+    return fac.mul_(v.float() * (1 / 255)).mul_(255).trunc_().clamp_(0, 255).to(torch.uint8)
 
 def _hsv_step(x, saturation=None, hue=None):
     "One MMSegmentation saturation or hue step: RGB -> 8-bit HSV, scale S (truncated) or shift H (mod 180), -> RGB."
     h, s, v = rgb_to_hsv(x)
-    if saturation is not None: s = (s.float() * saturation).clamp(0, 255).trunc().long()
+    if saturation is not None: s = (s.float() * saturation).clamp(0, 255).trunc().to(torch.int32)
     if hue is not None: h = (h + hue) % 180
     return hsv_to_rgb(h, s, v).float()
 
@@ -377,7 +383,7 @@ class PairTransform(ItemTransform):
     def encodes(self, x):
         img, lbl = x
         img, lbl = self.pair(_plain(img), _plain(lbl))
-        return TensorImage(img), TensorMask(lbl)
+        return img, lbl
 
 class RatioResize(PairTransform):
     "Training resize: ratio `r ~ U(ratio_range)` of `img_scale`, keep aspect ratio (`ratio_resize`)."
@@ -554,8 +560,8 @@ def make_demo_ade20k(path, n_train=32, n_val=8, seed=0, overwrite=False):
     return path
 
 # %% ../nbs/04_data.ipynb #c054
-def _get_image(p): return TensorImage(torch.from_numpy(np.asarray(read_image(p.image)).copy()).permute(2, 0, 1).contiguous())
-def _get_label(p): return TensorMask(torch.from_numpy(read_label(p.label, p.image)))
+def _get_image(p): return torch.from_numpy(np.asarray(read_image(p.image)).copy()).permute(2, 0, 1).contiguous()
+def _get_label(p): return torch.from_numpy(read_label(p.label, p.image))
 def _is_valid(p): return p.split == 'validation'
 
 def _ade_splitter(items):
@@ -583,6 +589,12 @@ class ADEDataLoader(TfmdDL):
         "Draw up to `max_n` images of batch `b` (default: `one_batch()`) with their masks; returns the figure."
         if b is None: b = self.one_batch()
         return show_masks(b[0], b[1], max_n=max_n, ncols=ncols, figsize=figsize, alpha=alpha)
+    def show_results(self, b, out, max_n=4, figsize=None, alpha=0.5, **kwargs):
+        "Draw images of batch `b` with their targets (left) and the predicted class maps `out` (right); returns the figure."
+        n = min(max_n, len(b[0]))
+        imgs = [b[0][i] for i in range(n) for _ in range(2)]
+        labels = [m for i in range(n) for m in (b[1][i], out[i])]
+        return show_masks(imgs, labels, max_n=2 * n, ncols=2, figsize=figsize, alpha=alpha)
 
 def overlay(img, label, alpha=0.5):
     "uint8 (H, W, 3) picture of a normalized image tensor with `colorize(label)` blended on top (255 left clear)."
