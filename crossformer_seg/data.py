@@ -631,7 +631,7 @@ def ade20k_datablock(crop_size=(512, 512), img_scale=(2048, 512), ratio_range=(0
                                [AlignResizeNormalize(img_scale)])
 
 def ade20k_dls(root, bs=2, crop_size=(512, 512), num_workers=0, seed=None, device=None, img_scale=(2048, 512),
-               ratio_range=(0.5, 2.0), cat_max_ratio=0.75, check=True, **kwargs):
+               ratio_range=(0.5, 2.0), cat_max_ratio=0.75, check=True, **kwargs) -> DataLoaders:
     "fastai `DataLoaders` over an `ADEChallengeData2016` folder: shuffled training crops, validation at batch size 1."
     root = Path(root)
     items = _all_items(root)                  # layout and pairing checks before anything is built
