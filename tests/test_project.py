@@ -43,3 +43,16 @@ def test_docs_site_builds_offline():
     assert '<title>' in index and 'crossformer_seg' in index and 'Long short distance attention' in index
     api = (out / '00_backbone.html').read_text()
     assert 'CrossFormer backbone' in api and 'CrossScaleEmbedding' in api and 'DynamicPosBias' in api
+
+def test_imports_in_their_own_cells():
+    "nbdev-proc-nbs runs every cell that imports, on its own, to build the docs: such cells must hold imports only."
+    import json, ast
+    bad = []
+    for nb in sorted((ROOT / 'nbs').glob('*.ipynb')):
+        for c in json.loads(nb.read_text())['cells']:
+            src = ''.join(c['source'])
+            if c['cell_type'] != 'code' or '#| export' in src: continue
+            tree = ast.parse(src)
+            if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree)) and \
+               not all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body): bad.append(f'{nb.name}:{c.get("id")}')
+    assert not bad, f'cells mixing imports with other code: {bad}'
