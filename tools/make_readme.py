@@ -1,7 +1,7 @@
 """Generate README.md from nbs/index.ipynb (quarto, which nbdev-readme needs, cannot be installed here).
 
 Markdown cells are copied as they are; code cells become ```python blocks (nbdev `#|` directive lines removed,
-cells marked `#| hide` skipped) followed by their saved text output, if any.
+cells marked `#| hide` skipped) followed by their saved text output, if any (stderr left out).
 `python tools/make_readme.py` writes README.md; `--check` exits 1 if README.md differs from what it would write.
 """
 import json, sys
@@ -25,6 +25,7 @@ def render(nb_path=ROOT / 'nbs' / 'index.ipynb'):
             code = '\n'.join(l for l in lines if not l.startswith('#|')).strip('\n')
             if code: parts.append(f'```python\n{code}\n```')
             for out in cell.get('outputs', []):
+                if out.get('name') == 'stderr': continue   # warnings from dependencies are not documentation
                 text = out.get('text') or out.get('data', {}).get('text/plain')
                 if text: parts.append('```\n' + (''.join(text) if isinstance(text, list) else text).rstrip('\n') + '\n```')
     return HEADER + '\n\n'.join(parts) + '\n'
