@@ -153,6 +153,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'crossformer_seg.cli._pkg_version': ('cli.html#_pkg_version', 'crossformer_seg/cli.py'),
                                      'crossformer_seg.cli._predict_arguments': ('cli.html#_predict_arguments', 'crossformer_seg/cli.py'),
                                      'crossformer_seg.cli._reason': ('cli.html#_reason', 'crossformer_seg/cli.py'),
+                                     'crossformer_seg.cli._save_atomic': ('cli.html#_save_atomic', 'crossformer_seg/cli.py'),
                                      'crossformer_seg.cli.build_parser': ('cli.html#build_parser', 'crossformer_seg/cli.py'),
                                      'crossformer_seg.cli.collect_images': ('cli.html#collect_images', 'crossformer_seg/cli.py'),
                                      'crossformer_seg.cli.label_png': ('cli.html#label_png', 'crossformer_seg/cli.py'),

@@ -129,6 +129,15 @@ def _predict_arguments(p):
     p.add_argument('--aug-test', action='store_true', help=f'multi-scale ({", ".join(map(str, AUG_TEST_RATIOS))}) + flip test')
     p.add_argument('--device', default='cpu', help="torch device: 'cpu' (default) or 'cuda' if available")
 
+def _save_atomic(im, path, fmt, **kwargs):
+    "Save PIL image `im` to `path` through a temporary file and a rename, so an interrupted run leaves no partial file."
+    import os
+    tmp = path.with_name(f'.{path.name}.tmp')
+    try:
+        im.save(tmp, format=fmt, **kwargs)
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+
 def run_predict(args):
     "Segment `args.images` with `args.config` + `args.checkpoint` into `args.out`; exit code 0 ok, 1 some images failed, 2 no start."
     import warnings
@@ -158,8 +167,8 @@ def run_predict(args):
         try: img = read_image(path)
         except (OSError, ValueError) as e: _err(f'cannot read {path}: {_reason(e, path)}'); failed.append(path); continue
         labels = segment_image(model, img, args.mode, AUG_TEST_RATIOS if args.aug_test else None, args.aug_test, device)
-        label_png(labels, ADE20K_PALETTE).save(out/f'{stem}.png')
-        side_by_side(img, colorize(labels)).save(out/f'{stem}_overlay.jpg', quality=90)
+        _save_atomic(label_png(labels, ADE20K_PALETTE), out/f'{stem}.png', 'PNG')
+        _save_atomic(side_by_side(img, colorize(labels)), out/f'{stem}_overlay.jpg', 'JPEG', quality=90)
         print(f'{path} -> {out/stem}.png, {out/stem}_overlay.jpg', flush=True)
     print(f'{len(paths) - len(failed)} of {len(paths)} images segmented into {out}'
           + (f'; {len(failed)} unreadable: {", ".join(map(str, failed))}' if failed else ''), flush=True)
