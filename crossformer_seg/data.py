@@ -646,5 +646,5 @@ def test_pipeline_image(img, img_scale=(2048, 512), size_divisor=32):
     if isinstance(img, Image.Image): img = np.asarray(_to_rgb(img))
     a = np.asarray(img)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3: raise ValueError(f'expected an RGB uint8 (H, W, 3) image, got {a.dtype} with shape {a.shape}')
-    t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
+    t = torch.from_numpy(np.require(a, requirements=['C', 'W'])).permute(2, 0, 1)  # copies only read-only/strided arrays
     return normalize(align_resize(t, img_scale, size_divisor))[None], tuple(t.shape[-2:])
