@@ -154,6 +154,10 @@ def run_predict(args):
     if not Path(args.checkpoint).is_file(): _err(f'--checkpoint {args.checkpoint}: checkpoint not found'); return 2
     paths = collect_images(args.images)
     if not paths: _err(f'no images found in {", ".join(args.images)}'); return 2
+    out, stems = Path(args.out), output_stems(paths)
+    inputs = {p.resolve() for p in paths}
+    clash = [out/f'{s}{x}' for s in stems for x in ('.png', '_overlay.jpg') if (out/f'{s}{x}').resolve() in inputs]
+    if clash: _err(f'--out {args.out}: would overwrite input image {clash[0]}; choose another output folder'); return 2
     model = build_segmentor(args.config)
     try: rep = load_checkpoint(model, args.checkpoint, strict=True)
     except (FileNotFoundError, ValueError) as e:
@@ -161,9 +165,9 @@ def run_predict(args):
     if rep.target != 'model':  # an ImageNet / backbone-only file would leave the heads untrained
         _err(f'--checkpoint {args.checkpoint}: holds backbone weights only ({rep.format}); predict needs a trained segmentor'); return 2
     model.to(device).eval()
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     failed = []
-    for path, stem in zip(paths, output_stems(paths)):
+    for path, stem in zip(paths, stems):
         try: img = read_image(path)
         except (OSError, ValueError) as e: _err(f'cannot read {path}: {_reason(e, path)}'); failed.append(path); continue
         labels = segment_image(model, img, args.mode, AUG_TEST_RATIOS if args.aug_test else None, args.aug_test, device)
