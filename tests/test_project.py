@@ -72,3 +72,9 @@ def test_docs_pages_render_in_chromium(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         assert f'>{title}<' in r.stdout, f'{page}: title {title!r} not in the rendered page'
         assert 'sidebar' in r.stdout
+
+def test_readme_images_exist():
+    import re
+    links = re.findall(r'!\[[^\]]*\]\(([^)]+)\)', (ROOT / 'README.md').read_text())
+    assert links, 'README shows no picture'
+    for link in links: assert (ROOT / link).is_file(), f'README links a missing image: {link}'

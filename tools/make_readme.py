@@ -1,6 +1,6 @@
 """Generate README.md from nbs/index.ipynb (quarto, which nbdev-readme needs, cannot be installed here).
 
-Markdown cells are copied as they are; code cells become ```python blocks (nbdev `#|` directive lines removed,
+Markdown cells are copied as they are (image links `images/...` re-pointed to `nbs/images/...`); code cells become ```python blocks (nbdev `#|` directive lines removed,
 cells marked `#| hide` skipped) followed by their saved text output, if any (stderr left out).
 `python tools/make_readme.py` writes README.md; `--check` exits 1 if README.md differs from what it would write.
 """
@@ -17,7 +17,7 @@ def render(nb_path=ROOT / 'nbs' / 'index.ipynb'):
     parts = []
     for cell in json.loads(Path(nb_path).read_text())['cells']:
         src = _src(cell).strip('\n')
-        if cell['cell_type'] == 'markdown': parts.append(src)
+        if cell['cell_type'] == 'markdown': parts.append(src.replace('](images/', '](nbs/images/'))  # README sits one level up
         elif cell['cell_type'] == 'code':
             lines = src.split('\n')
             directives = [l for l in lines if l.startswith('#|')]
