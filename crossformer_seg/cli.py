@@ -67,8 +67,9 @@ def _reason(e, path):
     return msg
 
 # %% ../nbs/07_cli.ipynb #c015
-def collect_images(inputs, exts=('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')):  # = data.IMAGE_EXTS, without importing torch
-    "The image paths named by `inputs`: files as given, folders expanded to their image files, sorted."
+def collect_images(inputs, exts=None):
+    "The image paths named by `inputs`: files as given, folders expanded to their image files (`data.IMAGE_EXTS`), sorted."
+    if exts is None: from crossformer_seg.data import IMAGE_EXTS as exts  # imported here: `--help` stays fast
     out = []
     for p in map(Path, inputs):
         if p.is_dir(): out += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in exts)
