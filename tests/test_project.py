@@ -41,7 +41,7 @@ def test_docs_site_builds_offline():
     out = build_docs.build()
     index = (out / 'index.html').read_text()
     assert '<title>' in index and 'crossformer_seg' in index and 'Long short distance attention' in index
-    api = (out / '00_backbone.html').read_text()
+    api = (out / '01_backbone.html').read_text()
     assert 'CrossFormer backbone' in api and 'CrossScaleEmbedding' in api and 'DynamicPosBias' in api
 
 def test_imports_in_their_own_cells():
@@ -66,7 +66,7 @@ def test_docs_pages_render_in_chromium(tmp_path):
     import build_docs
     out = ROOT / '_docs'
     if not (out / 'index.html').exists(): build_docs.build()
-    for page, title in [('index.html', 'crossformer_seg'), ('00_backbone.html', 'CrossFormer backbone')]:
+    for page, title in [('index.html', 'crossformer_seg'), ('01_backbone.html', 'CrossFormer backbone')]:
         r = subprocess.run(['chromium', *CHROMIUM_FLAGS, f'--user-data-dir={tmp_path}', '--dump-dom', (out / page).as_uri()],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
