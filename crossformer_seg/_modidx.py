@@ -90,6 +90,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                             'crossformer_seg/backbone.py'),
                                           'crossformer_seg.backbone._eager_group_index': ( 'backbone.html#_eager_group_index',
                                                                                            'crossformer_seg/backbone.py'),
+                                          'crossformer_seg.backbone._packed': ('backbone.html#_packed', 'crossformer_seg/backbone.py'),
                                           'crossformer_seg.backbone._relative_tables': ( 'backbone.html#_relative_tables',
                                                                                          'crossformer_seg/backbone.py'),
                                           'crossformer_seg.backbone._tracing': ('backbone.html#_tracing', 'crossformer_seg/backbone.py'),

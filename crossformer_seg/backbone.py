@@ -24,6 +24,15 @@ def cross_scale_dims(dim, n_kernels):
     "Channel split of a cross-scale layer: `dim/2, dim/4, ...`, the last kernel gets the remainder (`dim/2**(n-1)`)."
     return [dim // 2 ** (i + 1) for i in range(n_kernels - 1)] + [dim // 2 ** (n_kernels - 1)]
 
+# %% ../nbs/01_backbone.ipynb #c008a
+def _tracing():
+    "True while `torch.compile`, `torch.export` or the ONNX exporter trace the model: sizes may be symbolic, no Python caches."
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+def _packed(t):
+    "A contiguous copy of `t` (`clone`, not `reshape`: a traced graph then keeps every size free, 1 included)."
+    return t.clone(memory_format=torch.contiguous_format)
+
 # %% ../nbs/01_backbone.ipynb #c009
 class CrossScaleEmbedding(nn.Module):
     "CEL: concatenation of strided convolutions with kernels `patch_size` (stride 4), then LayerNorm; returns tokens and (H, W)."
@@ -52,10 +61,13 @@ class CrossScaleMerging(nn.Module):
     def forward(self, x, H, W):
         B, L, C = x.shape
         x = self.norm(x).transpose(1, 2).reshape(B, C, H, W)          # a channels-last view of the tokens: no copy
-        cl = torch.channels_last   # channels-last weights keep the convolutions channels-last (for B=1 too): 2-3x faster on CPU
-        x = torch.cat([F.conv2d(x, r.weight.contiguous(memory_format=cl), r.bias, r.stride, r.padding) for r in self.reductions], 1)
+        if _tracing(): x = torch.cat([r(_packed(x)) for r in self.reductions], 1)   # NCHW: a traced graph keeps B free
+        else:   # channels-last weights keep the convolutions channels-last for B=1 too: 2-3x faster on CPU
+            cl = torch.channels_last
+            x = torch.cat([F.conv2d(x, r.weight.contiguous(memory_format=cl), r.bias, r.stride, r.padding) for r in self.reductions], 1)
         H, W = x.shape[-2:]
-        return x.flatten(2).transpose(1, 2).contiguous(), (H, W)       # contiguous tokens for the next stage
+        x = x.flatten(2).transpose(1, 2)
+        return (_packed(x) if _tracing() else x.contiguous()), (H, W)   # contiguous tokens for the next stage
 
 # %% ../nbs/01_backbone.ipynb #c014
 class DynamicPosBias(nn.Module):
@@ -71,13 +83,9 @@ class DynamicPosBias(nn.Module):
         return self.pos3(self.pos2(self.pos1(self.pos_proj(offsets))))
 
 # %% ../nbs/01_backbone.ipynb #c015
-def _tracing():
-    "True while `torch.compile`, `torch.export` or the ONNX exporter trace the model: sizes may be symbolic, no Python caches."
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
-
 def _relative_tables(Gh, Gw, device=None):
-    p = torch.arange(Gh * Gw, device=device)
-    ys, xs = p // Gw, p % Gw                                           # grid position of every token of the group
+    ar = lambda n: torch.arange(n, device=device)
+    ys, xs = (_packed(t.expand(Gh, Gw)).view(-1) for t in (ar(Gh)[:, None], ar(Gw)[None]))   # grid place of every token
     dy, dx = torch.arange(1 - Gh, Gh, device=device), torch.arange(1 - Gw, Gw, device=device)
     offsets = torch.stack(torch.meshgrid(dy, dx, indexing='ij'), -1).reshape(-1, 2).float()  # ((2Gh-1)(2Gw-1), 2)
     index = (ys[:, None] - ys[None] + Gh - 1) * (2 * Gw - 1) + (xs[:, None] - xs[None] + Gw - 1)  # (N, N) rows of `offsets`
@@ -123,11 +131,10 @@ def attention_layout(H, W, group_size, interval, long_distance):
     return kind, size, pad_b, pad_r, group
 
 def layout_args(H, W, group_size, interval, long_distance):
-    "`attention_layout`'s choice as integers `(sda, size)` (`sda` 1 or 0), computed without branches so H, W may be symbolic."
-    m = torch.sym_min(H, W)
-    if not long_distance: return 1, torch.sym_min(group_size, m)
-    small = torch.sym_min(group_size // m, 1)                        # 1 when min(H, W) <= G: SDA over the short side
-    return small, small * m + (1 - small) * interval
+    "`attention_layout`'s choice as integers `(sda, size)`; for SDA blocks without a branch (`size = min(G, H, W)`), so H, W may be symbolic."
+    if not long_distance: return 1, torch.sym_min(group_size, torch.sym_min(H, W))
+    kind, size = attention_layout(H, W, group_size, interval, long_distance)[:2]
+    return int(kind == 'SDA'), size
 
 # %% ../nbs/01_backbone.ipynb #c026b
 def group_index(H, W, sda, size, batch=1, device=None, plain_first=False):
@@ -137,22 +144,22 @@ def group_index(H, W, sda, size, batch=1, device=None, plain_first=False):
     nGh, nGw = sda * nH + lda * size, sda * nW + lda * size            # groups down and across
     Gh, Gw = sda * size + lda * nH, sda * size + lda * nW              # tokens of one group down and across
     a, b = sda * size + lda, sda + lda * size                          # map row = a * (group row) + b * (row in group)
-    g, p = torch.arange(nGh * nGw, device=device), torch.arange(Gh * Gw, device=device)
-    rows = (g // nGw * a)[:, None] + (p // Gw * b)[None]               # (nG, N): where every slot sits on the padded map
-    cols = (g % nGw * a)[:, None] + (p % Gw * b)[None]
-    pad = (rows >= H) | (cols >= W)
-    token = torch.where(pad, 0, rows * W + cols)                       # a padded slot reads token 0: masked as a key, dropped as a query
-    r, c = torch.arange(H, device=device), torch.arange(W, device=device)
-    slot = ((r // a % nGh * nGw * Gh + r // b % Gh) * Gw)[:, None] + (c // a % nGw * Gh * Gw + c // b % Gw)[None]
-    slot, N, L = slot.reshape(-1), Gh * Gw, H * W                      # (H*W,): the slot of every token
+    ar, shape, N = (lambda n: torch.arange(n, device=device)), (nGh, nGw, Gh, Gw), Gh * Gw
+    rows = ar(nGh)[:, None, None, None] * a + ar(Gh)[None, None, :, None] * b    # (nGh, 1, Gh, 1): map row of each slot
+    cols = ar(nGw)[None, :, None, None] * a + ar(Gw)[None, None, None, :] * b    # (1, nGw, 1, Gw): map column
+    pad = _packed(((rows >= H) | (cols >= W)).expand(shape)).view(-1, N)         # (nG, N)
+    token = _packed(torch.where(pad.view(shape), 0, rows * W + cols)).view(-1, N)  # padded slots read token 0
+    place = _packed((rows * (nW * size) + cols).expand(shape)).view(-1, N)       # slot -> place on the padded map
     if plain_first:                                                    # groups without padding first: they share one mask
         order = torch.argsort(pad.any(1).to(torch.uint8), stable=True)
-        token, pad = token[order], pad[order]
-        slot = torch.argsort(order)[slot // N] * N + slot % N
-    i = torch.arange(batch, device=device)                             # the images of a batch sit inside each group
-    gather = (token[:, None] + i[None, :, None] * L).reshape(-1)       # (nG * batch * N,) rows of the (batch*H*W, C) tokens
-    scatter = (slot // N * batch * N + slot % N + i[:, None] * N).reshape(-1)  # (batch * H*W,) rows of the grouped tokens
-    return gather, scatter, pad, (Gh, Gw)
+        pad, token, place = pad[order], token[order], place[order]
+    nG = pad.shape[0]
+    slot = torch.empty_like(place.view(-1)).scatter_(0, place.view(-1), ar(nG * N))   # place on the padded map -> slot
+    slot = _packed(slot.view(nH * size, nW * size)[:H, :W]).view(-1)   # (H*W,): the slot of every token
+    # the images of a batch sit inside each group: slot (g, i, p) holds token p of group g of image i
+    gather = (token.view(nG, 1, N) + ar(batch)[None, :, None] * (H * W)).view(-1)
+    scatter = _packed(ar(nG * batch * N).view(nG, batch, N).transpose(0, 1)).view(batch, nG * N).index_select(1, slot)
+    return gather, scatter.view(-1), pad, (Gh, Gw)
 
 @lru_cache(maxsize=64)
 def _eager_group_index(H, W, sda, size, batch, device):
@@ -220,10 +227,11 @@ class LSDAttention(nn.Module):
         "`softmax(q k^T * scale + bias + mask) v` of group-major `(nG*batch, h, N, d)` q, k, v -> `(nG*batch*N, h*d)`."
         nGB, h, N, d = q.shape
         if not self.use_sdpa or (self.training and self.attn_drop.p > 0):
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).view(-1, batch, h, N, N) + bias
+            q, k, v = (_packed(t).view(-1, N, d) for t in (q, k, v))  # (nG*B*h, N, d) for bmm
+            attn = torch.bmm(q.mul_(self.scale), k.transpose(1, 2)).view(-1, batch, h, N, N) + bias
             if n_plain == 0 or n_plain < pad.shape[0]: attn.add_(pad.to(attn.dtype)[:, None, None, None, :] * -1e6)  # padded keys
-            attn = self.attn_drop(attn.softmax(dim=-1)).view(nGB, h, N, N)
-            return (attn @ v).transpose(1, 2).reshape(-1, h * d)
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            return _packed(torch.bmm(attn.view(-1, N, N), v).view(nGB, h, N, d).transpose(1, 2)).view(-1, h * d)
         P, parts = n_plain * batch, []
         if P: parts.append(self._sdpa(q[:P], k[:P], v[:P], bias.unsqueeze(0)))         # one broadcast mask
         if P == 0 or P < nGB:                                          # (short-circuits: no symbolic comparison while tracing)
@@ -272,8 +280,13 @@ class CrossFormerBlock(nn.Module):
     def forward(self, x, H, W):
         B, L, C = x.shape
         if L != H * W: raise ValueError(f'CrossFormerBlock: got {L} tokens for a {H}x{W} map')
-        sda, size = layout_args(H, W, self.group_size, self.interval, self.long_distance)
-        x = self.residual(x, self.attn(self.norm1(x), H, W, sda, size))
+        y = self.norm1(x)
+        if self.long_distance and not (isinstance(H, int) and isinstance(W, int)):   # symbolic sizes: both layouts in the graph
+            m = torch.sym_min(H, W)   # (the operand goes in flat, so no size of it can be 1 and get specialised)
+            y = torch.cond(m <= self.group_size, lambda t: self.attn(t.view(B, L, C), H, W, 1, m).view(-1),
+                           lambda t: self.attn(t.view(B, L, C), H, W, 0, self.interval).view(-1), (y.view(-1),)).view(B, L, C)
+        else: y = self.attn(y, H, W, *layout_args(H, W, self.group_size, self.interval, self.long_distance))
+        x = self.residual(x, y)
         return self.residual(x, self.mlp(self.norm2(x)))
 
 # %% ../nbs/01_backbone.ipynb #c032

@@ -17,6 +17,7 @@ from .heads import resize, FPN, FPNHead, UPerHead, FCNHead
 # %% ../nbs/03_segmentor.ipynb #c005
 def _plain(t):
     "`t` as a plain `torch.Tensor` (drops fastai's tensor subclasses, which only slow the network down)."
+    if torch.compiler.is_compiling(): return t   # a tracer's own tensor subclasses must stay as they are (export)
     return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor else t
 
 class EncoderDecoder(nn.Module):
