@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['ADE20K_CLASSES', 'ADE20K_PALETTE', 'NUM_CLASSES', 'IGNORE_INDEX', 'IMG_MEAN', 'IMG_STD', 'IMAGE_EXTS', 'SPLITS',
            'reduce_zero_label', 'colorize', 'read_image', 'read_label', 'read_pair', 'ADEPair', 'ade20k_items',
-           'check_sizes', 'ADEDataLoader', 'overlay', 'show_masks', 'ade20k_datablock', 'ade20k_dls']
+           'check_sizes', 'epoch_order', 'item_rng', 'IterSampler', 'ADEDataLoader', 'overlay', 'show_masks',
+           'ade20k_datablock', 'ade20k_dls']
 
 # %% ../nbs/06_data.ipynb #c002
 import math, random, secrets
@@ -213,6 +214,46 @@ def check_sizes(pairs):
         with _open(p.label, 'label', load=False) as lb:
             if lb.size != (w, h): raise ValueError(f'label {p.label} is {lb.size[0]}x{lb.size[1]} but image {p.image} is {w}x{h}')
 
+# %% ../nbs/06_data.ipynb #c053p
+def epoch_order(seed, epoch, n, shuffle=True):
+    "The order of data epoch `epoch` over `n` items: a permutation drawn from `(seed, epoch)` alone (`arange(n)` unshuffled)."
+    return np.random.default_rng([seed, 1, epoch]).permutation(n) if shuffle else np.arange(n)
+
+def item_rng(seed, epoch, index):
+    "The generator of one item's random transforms: a function of `(seed, epoch, index)` alone."
+    return np.random.default_rng([seed, 2, epoch, index])
+
+class IterSampler:
+    "Endless, iteration-based sample order over `n` items, sharded per process (see above)."
+    def __init__(self, n, seed, bs, world_size=1, rank=0, accum=1, shuffle=True):
+        if n < 1: raise ValueError('IterSampler: the dataset is empty')
+        if not 0 <= rank < world_size: raise ValueError(f'IterSampler: rank {rank} outside 0..{world_size - 1}')
+        self.n, self.seed, self.bs, self.world_size, self.rank, self.accum, self.shuffle = n, seed, bs, world_size, rank, accum, shuffle
+        self._orders = {}
+    @property
+    def total_batch(self):
+        "Images per iteration over all processes and accumulation steps."
+        return self.bs * self.world_size * self.accum
+    def _order(self, e):
+        if e not in self._orders:
+            if len(self._orders) > 3: self._orders.clear()
+            self._orders[e] = epoch_order(self.seed, e, self.n, self.shuffle)
+        return self._orders[e]
+    def positions(self, start_iter, stop_iter):
+        "Stream positions this process reads for iterations `[start_iter, stop_iter)`, in reading order."
+        it = np.arange(start_iter, stop_iter, dtype=np.int64)[:, None, None]
+        m, j = np.arange(self.accum)[None, :, None], np.arange(self.bs)[None, None, :]
+        return (it * self.total_batch + (m * self.world_size + self.rank) * self.bs + j).reshape(-1)
+    def keys(self, start_iter, stop_iter):
+        "`(epoch, index)` of each item this process reads for iterations `[start_iter, stop_iter)`."
+        pos = self.positions(start_iter, stop_iter)
+        ep, k = pos // self.n, pos % self.n
+        idx = np.empty_like(pos)
+        for e in np.unique(ep): idx[ep == e] = self._order(int(e))[k[ep == e]]
+        return list(zip(ep.tolist(), idx.tolist()))
+    def __repr__(self): return (f'IterSampler(n={self.n}, seed={self.seed}, bs={self.bs}, world_size={self.world_size}, '
+                                f'rank={self.rank}, accum={self.accum})')
+
 # %% ../nbs/06_data.ipynb #c054
 def _get_image(p): return torch.from_numpy(np.asarray(read_image(p.image)).copy()).permute(2, 0, 1).contiguous()
 def _get_label(p): return torch.from_numpy(read_label(p.label, p.image))
@@ -224,21 +265,33 @@ def _ade_splitter(items):
     return [i for i, p in enumerate(items) if not _is_valid(p)], valid
 
 class ADEDataLoader(TfmdDL):
-    "fastai `TfmdDL` whose random transforms are re-seeded per item from `(seed, epoch, index)`; palette `show_batch`."
-    def __init__(self, dataset=None, seed=None, **kwargs):
+    "fastai `TfmdDL` whose order and random transforms are functions of `(seed, epoch, index)`; epochs or `IterSampler` iterations."
+    def __init__(self, dataset=None, seed=None, sampler=None, shard=(0, 1), iter_range=(0, 1), **kwargs):
         super().__init__(dataset, **kwargs)
-        self.seed, self.epoch = (secrets.randbits(32) if seed is None else seed), 0
-        if seed is not None: self.rng = random.Random(seed)   # fastai's shuffling generator
+        self.seed = secrets.randbits(32) if seed is None else seed
+        self.epoch, self.sampler, self.shard, self.iter_range = 0, sampler, tuple(shard), tuple(iter_range)
     def new(self, dataset=None, cls=None, **kwargs):
-        kwargs.setdefault('seed', self.seed)
+        kwargs.setdefault('seed', self.seed); kwargs.setdefault('shard', self.shard)
         return super().new(dataset, cls, **kwargs)
-    def before_iter(self):
-        super().before_iter(); self.epoch += 1
+    def __len__(self):
+        if getattr(self, 'sampler', None) is not None: return (self.iter_range[1] - self.iter_range[0]) * self.sampler.accum
+        rank, world = getattr(self, 'shard', (0, 1))
+        n = len(range(rank, self.n, world))
+        return n // self.bs + (0 if self.drop_last or n % self.bs == 0 else 1)
+    def get_idxs(self):
+        "`(epoch, index)` keys: the sampler's for `iter_range` (iterations), else this process's share of `epoch_order`."
+        if self.sampler is not None: return self.sampler.keys(*self.iter_range)
+        rank, world = self.shard
+        return [(self.epoch, int(i)) for i in epoch_order(self.seed, self.epoch, self.n, self.shuffle)[rank::world]]
+    def after_iter(self):
+        super().after_iter()
+        if self.sampler is None: self.epoch += 1   # only a complete pass moves on: one_batch / show_batch change nothing
     def do_item(self, s):
-        rng = np.random.default_rng([self.seed, self.epoch, 0 if s is None else s])
+        epoch, index = (self.epoch, 0) if s is None else s   # fastai's set-up pass asks for `None`
+        rng = item_rng(self.seed, epoch, index)
         for t in self.after_item.fs:
             if isinstance(t, PairTransform): t.rng = rng
-        return super().do_item(s)
+        return super().do_item(index)
     def show_batch(self, b=None, max_n=6, ncols=3, figsize=None, alpha=0.5, show=True, **kwargs):
         "Draw up to `max_n` images of batch `b` (default: `one_batch()`) with their masks; returns the figure."
         if b is None: b = self.one_batch()
