@@ -7,10 +7,13 @@ __all__ = ['plain_tensor', 'UsageError', 'ImageReadError', 'print_error', 'run_c
            'remove_stale_temporaries', 'check_writable_dir', 'check_parent', 'atomic_write', 'atomic_dir']
 
 # %% ../nbs/00_core.ipynb #c002
-import argparse, os, re, shutil, sys, tempfile
+import argparse, os, re, shutil, sys, tempfile, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import torch
+
+# %% ../nbs/00_core.ipynb #c003x
+warnings.filterwarnings('ignore', message=r'`torch.jit.script` is deprecated', category=FutureWarning)
 
 # %% ../nbs/00_core.ipynb #c005
 def plain_tensor(t):
