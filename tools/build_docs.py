@@ -34,8 +34,9 @@ def page_names(proc):
         nb.rename(nb.with_name(Path(out).stem + '.ipynb'))
         names[nb.name] = Path(out).stem + '.ipynb'
     cfg = proc / '_quarto.yml'
-    text = cfg.read_text()
-    for old, new in names.items(): text = re.sub(rf'(?m)^(\s*-\s*){re.escape(old)}\s*$', rf'\g<1>{new}', text)
+    order = ['index.ipynb'] + [names.get(p.name, p.name) for p in sorted((ROOT / 'nbs').glob('[0-9]*.ipynb'))]
+    contents = 'contents:\n' + ''.join(f'      - {n}\n' for n in order)
+    text = re.sub(r'contents:\s*auto[^\n]*\n', contents, cfg.read_text())   # the sidebar in reading order
     cfg.unlink(); cfg.write_text(text)   # the staged copy may be a symlink to the real config
     return names
 
