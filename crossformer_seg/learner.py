@@ -440,6 +440,7 @@ class RunFolder(Callback):
         if self._n: self._log_train(it)
         if self._evaluated: self._evaluate(it)
         if (ci and it % ci == 0) or it == self.learn.recipe.max_iters: self.save(it)
+        self._t = time.time()   # seconds per iteration count training only
     def _evaluate(self, it):
         res = metric_results(self.learn)
         miou = res.get('mIoU')

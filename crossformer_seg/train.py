@@ -74,7 +74,15 @@ def train_arguments(p):
     a('--check-ranks', action='store_true', default=None,
       help='after every step, check that all processes hold bit-identical weights (for debugging; costs a gather per step)')
 
-# %% ../nbs/11_train.ipynb #c008
+# %% ../nbs/11_train.ipynb #c006
+def _train_args(**kw):
+    "A `train_arguments` namespace with every flag unset except `kw`."
+    p = argparse.ArgumentParser(); train_arguments(p)
+    args = p.parse_args([])
+    for k, v in kw.items(): setattr(args, k, v)
+    return args
+
+# %% ../nbs/11_train.ipynb #c009
 def _flag(k): return '--' + k.replace('_', '-')
 def _norm(v): return json.loads(json.dumps(list(v) if isinstance(v, tuple) else v))
 
@@ -108,7 +116,7 @@ def default_img_scale(crop_size):
     s = min(crop_size)
     return [4 * s, s]
 
-# %% ../nbs/11_train.ipynb #c009
+# %% ../nbs/11_train.ipynb #c010
 def resolve_run(args):
     "`(run settings, checkpoint to resume or None, work folder)` from `args`; `UsageError` on any bad input. Writes nothing."
     given = {k: _norm(v) for k, v in vars(args).items() if v is not None and k in RUN_KEYS + RUNTIME_KEYS}
@@ -173,7 +181,7 @@ def _check_numbers(run):
     for k in ('dropout', 'drop_path'):
         if run[k] is not None and not 0 <= run[k] < 1: raise UsageError(f'{_flag(k)} {run[k]}: must be in [0, 1)')
 
-# %% ../nbs/11_train.ipynb #c011
+# %% ../nbs/11_train.ipynb #c014
 def build_model(run):
     "The run's segmentor, initialised from `run['seed']` (and `run['pretrained']` weights, with their report printed)."
     over = {}
@@ -195,17 +203,19 @@ def load_pretrained(model, path, name='the model', quiet=False):
     if not quiet: print(f'pretrained: {rep.summary()}', flush=True)
     return rep
 
-# %% ../nbs/11_train.ipynb #c013
+# %% ../nbs/11_train.ipynb #c016
 def _process_state(device):
     "accelerate's `PartialState` (joins the process group under `accelerate launch`) and this process's device."
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
     from crossformer_seg.inference import parse_device
     dev = parse_device(device) if device else None
-    state = PartialState(cpu=dev is not None and dev.type == 'cpu')
+    cpu = (dev is not None and dev.type == 'cpu') or parse_flag_from_env('ACCELERATE_USE_CPU') or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)   # on CPUs, `cpu=True` is what makes it join a (gloo) process group
     if state.num_processes > 1 or dev is None: dev = state.device
     return state, dev
 
-# %% ../nbs/11_train.ipynb #c015
+# %% ../nbs/11_train.ipynb #c018
 def _any_process(flag, device):
     "Whether `flag` is true on any process (a collective: every process calls it)."
     if world_size() == 1: return flag
@@ -271,16 +281,16 @@ def run_train(args):
         print(f'done: {learn.iteration} iterations{best}; final weights {work_dir/"final.safetensors"}', flush=True)
     return 0
 
-# %% ../nbs/11_train.ipynb #c016
+# %% ../nbs/11_train.ipynb #c019
 def main(argv=None):
     "`python -m crossformer_seg.train ...`, also under `accelerate launch -m crossformer_seg.train ...`; returns the exit code."
     return command_main(train_arguments, run_train, argv, prog='python -m crossformer_seg.train',
                         description='Train a CrossFormer segmentor (Semantic FPN / UPerNet) on an ADE20K folder.')
 
-# %% ../nbs/11_train.ipynb #c017
+# %% ../nbs/11_train.ipynb #c020
 if __name__ == '__main__': sys.exit(main())
 
-# %% ../nbs/11_train.ipynb #c019
+# %% ../nbs/11_train.ipynb #c024
 DEMO = dict(config='tiny_fpn', iters=240, batch_size=8, total_batch=8, lr=1e-3, crop_size=[128, 128], img_scale=[512, 128],
             eval_interval=80, checkpoint_interval=80, keep=1, log_interval=10, n_train=32, n_val=8)
 
@@ -290,13 +300,6 @@ def demo_arguments(p):
                    help='folder for the demo data (data/), the run (run/) and the figure (predictions.png) (default crossformer_seg_demo)')
     p.add_argument('--iters', type=int, metavar='N', default=DEMO['iters'], help=f'training iterations (default {DEMO["iters"]})')
     p.add_argument('--num-workers', type=int, metavar='W', default=1, help='data-loading processes (default 1)')
-
-def _train_args(**kw):
-    "A `train_arguments` namespace with every flag unset except `kw`."
-    p = argparse.ArgumentParser(); train_arguments(p)
-    args = p.parse_args([])
-    for k, v in kw.items(): setattr(args, k, v)
-    return args
 
 def demo_figure(model, root, path, n=4, img_scale=(512, 128)):
     "Save a figure of `n` validation images of `root`: image, ground truth, prediction (palette colours)."
