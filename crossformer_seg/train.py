@@ -9,8 +9,12 @@ __all__ = ['TRAIN_DEFAULTS', 'RUN_KEYS', 'RUNTIME_KEYS', 'DEMO', 'train_argument
            'resolve_run', 'build_model', 'load_pretrained', 'run_train', 'main', 'demo_arguments', 'demo_figure',
            'run_demo']
 
-# %% ../nbs/11_train.ipynb #c002
-import argparse, json, math, os, sys, time
+# %% ../nbs/11_train.ipynb #c003
+import os
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+# %% ../nbs/11_train.ipynb #c004
+import argparse, json, math, sys, time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,7 +28,7 @@ from .data import ade20k_dls, ade20k_items, ADE20K_CLASSES, overlay, colorize, r
 from .learner import (RECIPES, get_recipe, recipe_name, seg_learner, latest_checkpoint, read_training_state,
                                      checkpoint_iteration, NonFiniteLoss, RankCheck, world_size, rank)
 
-# %% ../nbs/11_train.ipynb #c005
+# %% ../nbs/11_train.ipynb #c007
 TRAIN_DEFAULTS = dict(batch_size=2, crop_size=(512, 512), seed=0, amp='no', num_workers=2, keep=3, log_interval=50)
 RUN_KEYS = ('config', 'recipe', 'pretrained', 'iters', 'total_batch', 'lr', 'weight_decay', 'crop_size', 'img_scale',
             'eval_interval', 'checkpoint_interval', 'seed', 'amp', 'clip_grad', 'dropout', 'drop_path')
@@ -74,7 +78,7 @@ def train_arguments(p):
     a('--check-ranks', action='store_true', default=None,
       help='after every step, check that all processes hold bit-identical weights (for debugging; costs a gather per step)')
 
-# %% ../nbs/11_train.ipynb #c006
+# %% ../nbs/11_train.ipynb #c008
 def _train_args(**kw):
     "A `train_arguments` namespace with every flag unset except `kw`."
     p = argparse.ArgumentParser(); train_arguments(p)
@@ -82,7 +86,7 @@ def _train_args(**kw):
     for k, v in kw.items(): setattr(args, k, v)
     return args
 
-# %% ../nbs/11_train.ipynb #c009
+# %% ../nbs/11_train.ipynb #c011
 def _flag(k): return '--' + k.replace('_', '-')
 def _norm(v): return json.loads(json.dumps(list(v) if isinstance(v, tuple) else v))
 
@@ -116,7 +120,7 @@ def default_img_scale(crop_size):
     s = min(crop_size)
     return [4 * s, s]
 
-# %% ../nbs/11_train.ipynb #c010
+# %% ../nbs/11_train.ipynb #c012
 def resolve_run(args):
     "`(run settings, checkpoint to resume or None, work folder)` from `args`; `UsageError` on any bad input. Writes nothing."
     given = {k: _norm(v) for k, v in vars(args).items() if v is not None and k in RUN_KEYS + RUNTIME_KEYS}
@@ -181,7 +185,7 @@ def _check_numbers(run):
     for k in ('dropout', 'drop_path'):
         if run[k] is not None and not 0 <= run[k] < 1: raise UsageError(f'{_flag(k)} {run[k]}: must be in [0, 1)')
 
-# %% ../nbs/11_train.ipynb #c014
+# %% ../nbs/11_train.ipynb #c016
 def build_model(run):
     "The run's segmentor, initialised from `run['seed']` (and `run['pretrained']` weights, with their report printed)."
     over = {}
@@ -203,7 +207,7 @@ def load_pretrained(model, path, name='the model', quiet=False):
     if not quiet: print(f'pretrained: {rep.summary()}', flush=True)
     return rep
 
-# %% ../nbs/11_train.ipynb #c016
+# %% ../nbs/11_train.ipynb #c018
 def _process_state(device):
     "accelerate's `PartialState` (joins the process group under `accelerate launch`) and this process's device."
     from accelerate import PartialState
@@ -215,7 +219,7 @@ def _process_state(device):
     if state.num_processes > 1 or dev is None: dev = state.device
     return state, dev
 
-# %% ../nbs/11_train.ipynb #c018
+# %% ../nbs/11_train.ipynb #c020
 def _any_process(flag, device):
     "Whether `flag` is true on any process (a collective: every process calls it)."
     if world_size() == 1: return flag
@@ -281,16 +285,16 @@ def run_train(args):
         print(f'done: {learn.iteration} iterations{best}; final weights {work_dir/"final.safetensors"}', flush=True)
     return 0
 
-# %% ../nbs/11_train.ipynb #c019
+# %% ../nbs/11_train.ipynb #c021
 def main(argv=None):
     "`python -m crossformer_seg.train ...`, also under `accelerate launch -m crossformer_seg.train ...`; returns the exit code."
     return command_main(train_arguments, run_train, argv, prog='python -m crossformer_seg.train',
                         description='Train a CrossFormer segmentor (Semantic FPN / UPerNet) on an ADE20K folder.')
 
-# %% ../nbs/11_train.ipynb #c020
+# %% ../nbs/11_train.ipynb #c022
 if __name__ == '__main__': sys.exit(main())
 
-# %% ../nbs/11_train.ipynb #c024
+# %% ../nbs/11_train.ipynb #c026
 DEMO = dict(config='tiny_fpn', iters=240, batch_size=8, total_batch=8, lr=1e-3, crop_size=[128, 128], img_scale=[512, 128],
             eval_interval=80, checkpoint_interval=80, keep=1, log_interval=10, n_train=32, n_val=8)
 

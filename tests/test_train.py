@@ -17,7 +17,7 @@ from crossformer_seg import train
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-ENV = {**os.environ, 'PYTHONWARNINGS': 'ignore'}
+ENV = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_WAIT_POLICY': 'PASSIVE'}   # CPU threads that share cores must not busy-wait
 slow = pytest.mark.skipif(os.environ.get('CROSSFORMER_SEG_SLOW') != '1', reason='slow: set CROSSFORMER_SEG_SLOW=1 to run')
 
 
