@@ -17,8 +17,8 @@ from pathlib import Path
 
 def make_split(root, n, seed=3):
     "An ADEChallengeData2016-layout folder whose validation split is `n` copies of demo image 1 (returns `root`)."
-    from crossformer_seg.data import make_demo_ade20k
-    src = make_demo_ade20k(Path(root).with_name(Path(root).name + '_src'), n_train=0, n_val=1, seed=seed)
+    from crossformer_seg.demo import make_demo_ade20k
+    src = make_demo_ade20k(Path(root).with_name(Path(root).name + '_src'), n_train=1, n_val=1, seed=seed)
     for kind, ext in (('images', '.jpg'), ('annotations', '.png')):
         d = Path(root)/kind/'validation'; d.mkdir(parents=True, exist_ok=True)
         for i in range(n): shutil.copy(src/kind/'validation'/f'ADE_val_00000001{ext}', d/f'ADE_val_{i + 1:08d}{ext}')

@@ -8,7 +8,7 @@ __all__ = ['SKIPPED_KEYS', 'Checkpoint', 'read_checkpoint', 'LoadReport', 'unwra
            'CheckpointMismatch', 'load_checkpoint', 'save_checkpoint', 'synthetic_state_dict']
 
 # %% ../nbs/04_checkpoint.ipynb #c002
-import json, os, re, tempfile
+import json, os, re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from safetensors import safe_open
 from safetensors.torch import load_file as _st_load_file, save_file as _st_save_file
+from .core import atomic_write
+from .backbone import ORIGINAL_BUFFER_SUFFIXES
 
 # %% ../nbs/04_checkpoint.ipynb #c007
 @dataclass
@@ -98,9 +100,9 @@ def read_checkpoint(path) -> Checkpoint:
     return Checkpoint(_strip_module(obj), fmt, path, meta, ignored)
 
 # %% ../nbs/04_checkpoint.ipynb #c018
-SKIPPED_KEYS = {
-    r'^layers\.\d+\.blocks\.\d+\.attn\.biases$': 'relative-position table buffer; computed in forward by the stateless attention',
-    r'^layers\.\d+\.blocks\.\d+\.attn\.relative_position_index$': 'relative-position index buffer; computed in forward by the stateless attention',
+SKIPPED_KEYS = {  # the original's fixed-layout DPB buffers (named once, in `backbone`), and the ImageNet classifier's top
+    **{rf'^layers\.\d+\.blocks\.\d+\.{re.escape(s)}$': 'position-bias buffer of the original; computed in forward by the stateless attention'
+       for s in ORIGINAL_BUFFER_SUFFIXES},
     r'^norm\.(weight|bias)$': 'final LayerNorm of the ImageNet classifier; a segmentation backbone has none',
     r'^head\.(weight|bias)$': 'ImageNet classifier head; a segmentation backbone has none',
 }
@@ -208,17 +210,13 @@ def _safetensors_ready(sd):
 def save_checkpoint(model_or_sd, path, metadata: dict = None) -> Path:
     "Write the state dict of `model_or_sd` to the safetensors file `path` atomically, with string `metadata`."
     sd = unwrap_model(model_or_sd).state_dict() if isinstance(model_or_sd, nn.Module) else dict(model_or_sd)
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad: raise TypeError(f'save_checkpoint: only tensors can be saved; {bad[0]!r} is a {type(sd[bad[0]]).__name__}')
     meta = {'format': 'crossformer_seg'}
     meta.update({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'); os.close(fd)
-    try:
-        _st_save_file(_safetensors_ready(sd), tmp, metadata=meta)
-        with open(tmp, 'rb+') as f: os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
+    path = Path(path)
+    with atomic_write(path, 'checkpoint') as tmp:   # a kill at any moment leaves the old file or the new one
+        _st_save_file(_safetensors_ready(sd), str(tmp), metadata=meta)
     return path
 
 # %% ../nbs/04_checkpoint.ipynb #c038

@@ -20,17 +20,17 @@ from fastai.learner import Metric
 from fastprogress.fastprogress import progress_bar
 
 from . import __version__
-from .checkpoint import CheckpointMismatch, load_checkpoint, read_checkpoint, unwrap_model
-from .data import ADE20K_CLASSES, IGNORE_INDEX, ade20k_items, check_sizes, colorize, read_pair
+from .core import UsageError, atomic_write, command_main, plain_tensor
+from .checkpoint import CheckpointMismatch, read_checkpoint, unwrap_model
+from .transforms import IGNORE_INDEX
+from .data import ADE20K_CLASSES, ade20k_items, check_sizes, read_pair
 from .heads import resize
-from .segmentor import build_segmentor, resolve_config
-from .cli import AUG_TEST_RATIOS, _save_atomic, segment_image, side_by_side
+from .inference import AUG_TEST_RATIOS, load_segmentor, parse_device, save_image, segment_image, side_by_side
 
-# %% ../nbs/09_metrics.ipynb #c006
-def _plain_tensor(x):
-    "`x` (array or tensor) as a plain `torch.Tensor` (fastai's tensor subclasses dropped)."
-    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    return t.as_subclass(torch.Tensor) if type(t) is not torch.Tensor else t
+# %% ../nbs/09_metrics.ipynb #c007
+def _as_tensor(x):
+    "`x` (array or tensor) as a plain `torch.Tensor` (fastai's tensor subclasses dropped), without a copy where possible."
+    return plain_tensor(x) if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 def _range_error(what, t, num_classes, ignore_index):
     vals = torch.unique(t).tolist()
@@ -40,7 +40,7 @@ def _range_error(what, t, num_classes, ignore_index):
 
 def confusion_matrix(preds, labels, num_classes, ignore_index=IGNORE_INDEX):
     "`num_classes x num_classes` int64 pixel counts (row: label, column: prediction) on `preds`' device; `ignore_index` labels skipped."
-    p, l = _plain_tensor(preds), _plain_tensor(labels)
+    p, l = _as_tensor(preds), _as_tensor(labels)
     if p.shape != l.shape: raise ValueError(f'predictions {tuple(p.shape)} and labels {tuple(l.shape)} differ in shape')
     if p.is_floating_point() or l.is_floating_point():
         raise ValueError(f'expected class indices, got {p.dtype} predictions and {l.dtype} labels (take the argmax of logits first)')
@@ -54,7 +54,7 @@ def confusion_matrix(preds, labels, num_classes, ignore_index=IGNORE_INDEX):
     idx = torch.where(keep, l * num_classes + p, n2)  # ignored pixels go to the extra bin n2
     return torch.bincount(idx.flatten(), minlength=n2 + 1)[:n2].reshape(num_classes, num_classes)
 
-# %% ../nbs/09_metrics.ipynb #c010
+# %% ../nbs/09_metrics.ipynb #c011
 def rank_world():
     "(rank, world size) of this process in `torch.distributed`; (0, 1) when no process group is running."
     if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
@@ -78,7 +78,7 @@ def _all_gather_object(o):
     dist.all_gather_object(out, o)
     return out
 
-# %% ../nbs/09_metrics.ipynb #c011
+# %% ../nbs/09_metrics.ipynb #c012
 class ConfusionMatrix:
     "Streamed `num_classes x num_classes` int64 confusion matrix: `update` per image or batch, `all_reduce` across processes, `metrics`."
     def __init__(self, num_classes, ignore_index=IGNORE_INDEX, device=None):
@@ -106,7 +106,7 @@ class ConfusionMatrix:
     def metrics(self): return metrics_from_confusion(self.mat)
     def __repr__(self): return f'ConfusionMatrix({self.num_classes} classes, {int(self.mat.sum())} labelled pixels)'
 
-# %% ../nbs/09_metrics.ipynb #c014
+# %% ../nbs/09_metrics.ipynb #c015
 def _nanmean(a):
     "Mean over the non-NaN entries (NaN if there are none), as numpy's `nanmean` without its warning."
     with warnings.catch_warnings():
@@ -123,7 +123,7 @@ def metrics_from_confusion(cm):
         acc = np.where(area_label > 0, inter / area_label, np.nan)
     return dict(aAcc=float(inter.sum() / total) if total else math.nan, mIoU=_nanmean(iou), mAcc=_nanmean(acc), IoU=iou, Acc=acc)
 
-# %% ../nbs/09_metrics.ipynb #c015
+# %% ../nbs/09_metrics.ipynb #c016
 def segmentation_metrics(preds, labels, num_classes, ignore_index=IGNORE_INDEX):
     "MMSegmentation's `aAcc`, `mIoU`, `mAcc` and per-class `IoU`, `Acc` over a dataset: lists of (H, W) maps (sizes may differ) or (N, H, W) tensors."
     cm = ConfusionMatrix(num_classes, ignore_index)
@@ -135,7 +135,7 @@ def segmentation_metrics(preds, labels, num_classes, ignore_index=IGNORE_INDEX):
     else: cm.update(preds, labels)
     return cm.metrics()
 
-# %% ../nbs/09_metrics.ipynb #c030
+# %% ../nbs/09_metrics.ipynb #c031
 def per_class_table(metrics, class_names=ADE20K_CLASSES):
     "`DataFrame` with one row per class: `Class`, `IoU`, `Acc` in % rounded to 2 decimals (NaN where undefined)."
     iou, acc = np.asarray(metrics['IoU'], np.float64), np.asarray(metrics['Acc'], np.float64)
@@ -150,7 +150,7 @@ def markdown_table(df):
     "A `DataFrame` as a markdown table, numbers with 2 decimals."
     return df.to_markdown(index=False, floatfmt='.2f')
 
-# %% ../nbs/09_metrics.ipynb #c033
+# %% ../nbs/09_metrics.ipynb #c034
 def _real_count(dl, bs):
     "How many of the `bs` items of the batch just read from `dl` are real: fastai's `DistributedDL` pads the last shard with repeats."
     n, n_padded, i = (getattr(dl, a, None) for a in ('n', 'n_padded', 'i'))
@@ -159,7 +159,7 @@ def _real_count(dl, bs):
     start = rank * n_padded // world + i - bs  # position of the batch's first item in the padded list (`i` counts this batch)
     return max(0, min(bs, n - start))
 
-# %% ../nbs/09_metrics.ipynb #c035
+# %% ../nbs/09_metrics.ipynb #c036
 class SegMetrics:
     "mIoU / mAcc / aAcc of a fastai `Learner`'s validation from one streamed `ConfusionMatrix`; `.metrics` are the recorder columns."
     def __init__(self, num_classes=150, ignore_index=IGNORE_INDEX, names=('mIoU', 'mAcc', 'aAcc')):
@@ -174,7 +174,7 @@ class SegMetrics:
         "Add the batch in `learn` (`pred`: logits or a tuple whose first item is, `yb[0]`: labels) to the matrix."
         pred, y = learn.pred, learn.yb[0]
         if isinstance(pred, (tuple, list)): pred = pred[0]       # (main, auxiliary) logits of UPerNet in training mode
-        pred, y = _plain_tensor(pred), _plain_tensor(y)
+        pred, y = plain_tensor(pred), plain_tensor(y)
         if y.ndim == 4: y = y.squeeze(1)
         n = _real_count(getattr(learn, 'dl', None), y.shape[0])
         if n == 0: return
@@ -204,22 +204,17 @@ def miou_metrics(num_classes=150, ignore_index=IGNORE_INDEX, names=('mIoU', 'mAc
     "The recorder columns of one `SegMetrics`: `Learner(dls, model, metrics=miou_metrics(150))`."
     return SegMetrics(num_classes, ignore_index, names).metrics
 
-# %% ../nbs/09_metrics.ipynb #c042
+# %% ../nbs/09_metrics.ipynb #c043
 def shard_items(items, rank, world):
     "The items process `rank` of `world` evaluates: every `world`-th from `rank` (disjoint, covering, lengths within 1)."
     if not 0 <= rank < world: raise ValueError(f'rank {rank} outside 0..{world - 1}')
     return list(items)[rank::world]
 
-# %% ../nbs/09_metrics.ipynb #c044
+# %% ../nbs/09_metrics.ipynb #c045
 def _one_line(e): return ' '.join(str(e).split()) or type(e).__name__
 
-def _save_overlay(img, pred, path):
-    "The image next to its prediction's colour overlay, written atomically as a JPEG."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _save_atomic(side_by_side(img, colorize(pred)), path, 'JPEG', quality=90)
-
 def evaluate(model, data, mode='whole', ratios=None, flip=False, split='validation', device=None, show_dir=None,
-             progress=True, num_classes=None, ignore_index=IGNORE_INDEX):
+             progress=True, num_classes=None, ignore_index=IGNORE_INDEX, img_scale=(2048, 512)):
     "aAcc / mIoU / mAcc, per-class IoU / Acc, image count and confusion matrix of `model` on a split; streamed, one shard per process."
     items = ade20k_items(data, split) if isinstance(data, (str, os.PathLike)) else list(data)
     model = unwrap_model(model)
@@ -232,9 +227,9 @@ def evaluate(model, data, mode='whole', ratios=None, flip=False, split='validati
     for item in (progress_bar(mine, leave=False) if progress and rank == 0 and mine else mine):
         try:
             img, label = read_pair(item[0], item[1])
-            pred = segment_image(model, img, mode, ratios, flip, device)
+            pred = segment_image(model, img, mode, ratios, flip, device, img_scale)
             cm.update(pred, label)
-            if show_dir is not None: _save_overlay(img, pred, Path(show_dir)/f'{Path(item[0]).stem}_overlay.jpg')
+            if show_dir is not None: save_image(side_by_side(img, pred), Path(show_dir)/f'{Path(item[0]).stem}_overlay.jpg', quality=90)
             done += 1
         except Exception as e: error = e; break   # reported to every process below, so none waits forever
     failures = _all_gather_object(None if error is None else (_one_line(error), isinstance(error, (OSError, ValueError))))
@@ -246,7 +241,7 @@ def evaluate(model, data, mode='whole', ratios=None, flip=False, split='validati
     if count != len(items): raise RuntimeError(f'evaluated {count} images of {len(items)}: the processes disagree on the split')
     return {**metrics_from_confusion(mat), 'images': count, 'confusion': mat.numpy()}
 
-# %% ../nbs/09_metrics.ipynb #c052
+# %% ../nbs/09_metrics.ipynb #c053
 def test_arguments(p):
     "Add the `test` command's arguments to the argparse parser `p`; returns `p`."
     p.add_argument('--config', required=True, help='named model config, e.g. fpn_crossformer_s, upernet_crossformer_b')
@@ -255,22 +250,22 @@ def test_arguments(p):
     p.add_argument('--split', default='validation', help='split to evaluate (default: validation)')
     p.add_argument('--mode', choices=('whole', 'slide'), default='whole', help='whole-image or sliding-window inference')
     p.add_argument('--aug-test', action='store_true', help=f'multi-scale ({", ".join(map(str, AUG_TEST_RATIOS))}) + flip test')
-    p.add_argument('--out', default='eval.json', help='JSON file for the results (default: eval.json)')
+    p.add_argument('--out', default='eval.json', help='JSON file for the results (default: eval.json); its folder must exist')
     p.add_argument('--show-dir', default=None, help='folder for side-by-side prediction overlays (optional)')
     p.add_argument('--device', default=None, help="torch device (default: this process's GPU if any, else cpu)")
+    p.add_argument('--img-scale', type=int, nargs=2, default=(2048, 512), metavar=('LONG', 'SHORT'),
+                   help='test scale of AlignResize (default: 2048 512, the paper\'s for ADE20K)')
     return p
 test_arguments.__test__ = False  # not a pytest test, despite its name
 
-# %% ../nbs/09_metrics.ipynb #c053
+# %% ../nbs/09_metrics.ipynb #c054
 def _env_flag(name): return os.environ.get(name, '').strip().lower() in ('1', 'true', 'yes', 'on')
 
 def _device(name):
-    "The torch device for `--device`: given, or the process's GPU (LOCAL_RANK) if CUDA is usable, else the CPU."
+    "`--device`: as given (`parse_device`), else the process's GPU if CUDA is usable and not turned off, else the CPU."
     if name is None: name = 'cuda' if torch.cuda.is_available() and not _env_flag('ACCELERATE_USE_CPU') else 'cpu'
-    d = torch.device(name)
-    if d.type == 'cuda':
-        if not torch.cuda.is_available(): raise ValueError('CUDA is not available')
-        if d.index is None: d = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))  # one GPU per process
+    d = parse_device(name)
+    if d.type == 'cuda' and d.index is None: d = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))  # a GPU per process
     return d
 
 def _init_distributed(device):
@@ -280,29 +275,15 @@ def _init_distributed(device):
     dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     return True
 
-# %% ../nbs/09_metrics.ipynb #c054
+# %% ../nbs/09_metrics.ipynb #c055
 def _check_out(out):
-    "Why no file can be written at `out` (None if it can): a folder, a missing folder, a read-only folder."
+    "`UsageError` unless a file can be written at `out`: not a folder, in an existing folder that takes a new file."
     out = Path(out)
-    if out.is_dir(): return f'--out {out}: is a folder; give a file name such as {out/"eval.json"}'
-    if not out.parent.is_dir(): return f'--out {out}: folder {out.parent} does not exist'
+    if out.is_dir(): raise UsageError(f'--out {out}: is a folder; give a file name such as {out/"eval.json"}')
+    if not out.parent.is_dir(): raise UsageError(f'--out {out}: folder {out.parent} does not exist')
     try:  # a real write probe: permissions, read-only mounts and root all answer truthfully
         fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f'.{out.name}.', suffix='.probe'); os.close(fd); os.remove(probe)
-    except OSError as e: return f'--out {out}: folder {out.parent} is not writable ({e.strerror or _one_line(e)})'
-    return None
-
-def _write_json(path, obj):
-    "Write `obj` as JSON through a temporary file and a rename: an interrupted run leaves no partial file."
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(obj, f, indent=1, allow_nan=False); f.write('\n'); f.flush(); os.fsync(f.fileno())
-        umask = os.umask(0); os.umask(umask); os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
+    except OSError as e: raise UsageError(f'--out {out}: folder {out.parent} is not writable ({e.strerror or e})') from None
 
 def _sha256(path, chunk=1 << 20):
     h = hashlib.sha256()
@@ -310,11 +291,10 @@ def _sha256(path, chunk=1 << 20):
         for b in iter(lambda: f.read(chunk), b''): h.update(b)
     return h.hexdigest()
 
-# %% ../nbs/09_metrics.ipynb #c055
+# %% ../nbs/09_metrics.ipynb #c056
 def _mismatch(args, e):
     "One line for a checkpoint whose tensors do not fit the config's model (naming the config it was saved for, if known)."
-    rep = e.report
-    saved = None
+    rep, saved = e.report, None
     try: saved = read_checkpoint(args.checkpoint).meta.get('config')
     except Exception: pass
     hint = f"; it was saved for config {saved!r}" if isinstance(saved, str) and saved != args.config else ''
@@ -322,56 +302,54 @@ def _mismatch(args, e):
             f'{len(rep.unexpected)} unexpected, {len(rep.mismatched)} differently shaped tensors){hint}')
 
 def _prepare(args, device):
-    "Check the inputs and build the model: (None, (model, items)) or (one-line error, None)."
-    try: resolve_config(args.config)
-    except ValueError as e: return f'--config {args.config}: {e}', None
-    if not Path(args.checkpoint).is_file(): return f'--checkpoint {args.checkpoint}: checkpoint not found', None
+    "Check every input and build the model: `(model, items)`, or a `UsageError` naming the argument or file."
     try: items = ade20k_items(args.data, args.split); check_sizes(items)
-    except (OSError, ValueError) as e: return f'--data {args.data}: {_one_line(e)}', None
-    if (err := _check_out(args.out)): return err, None
+    except (OSError, ValueError) as e: raise UsageError(f'--data {args.data}: {_one_line(e)}') from None
+    _check_out(args.out)
     if args.show_dir and Path(args.show_dir).exists() and not Path(args.show_dir).is_dir():
-        return f'--show-dir {args.show_dir}: exists and is not a folder', None
-    model = build_segmentor(args.config)
-    try: rep = load_checkpoint(model, args.checkpoint, strict=True)
-    except CheckpointMismatch as e: return _mismatch(args, e), None
-    except (OSError, ValueError) as e: return f'--checkpoint {args.checkpoint}: {_one_line(e)}', None
-    if rep.target != 'model':  # an ImageNet / backbone-only file would leave the heads untrained
-        return f'--checkpoint {args.checkpoint}: holds backbone weights only ({rep.format}); test needs a trained segmentor', None
-    return None, (model.to(device).eval(), items)
+        raise UsageError(f'--show-dir {args.show_dir}: exists and is not a folder')
+    if min(args.img_scale) < 32: raise UsageError(f'--img-scale {" ".join(map(str, args.img_scale))}: sides must be at least 32')
+    try: model = load_segmentor(args.config, args.checkpoint, device)
+    except UsageError as e:
+        if isinstance(e.__context__, CheckpointMismatch): raise UsageError(_mismatch(args, e.__context__)) from None
+        raise
+    return model, items
 
-# %% ../nbs/09_metrics.ipynb #c056
+# %% ../nbs/09_metrics.ipynb #c057
 def _nan_to_none(x): return None if x is None or math.isnan(x) else float(x)
 
 def _report(args, res, class_names=ADE20K_CLASSES):
-    "The JSON record of one evaluation."
+    "The JSON record of one evaluation (no process count or timing: the same for any number of processes)."
     aug = bool(args.aug_test)
     return {'config': args.config,
             'checkpoint': str(Path(args.checkpoint).resolve()), 'checkpoint_sha256': _sha256(args.checkpoint),
             'data': str(Path(args.data).resolve()), 'split': args.split, 'images': res['images'],
             'mode': args.mode, 'aug_test': aug, 'ratios': list(AUG_TEST_RATIOS) if aug else [1.0], 'flip': aug,
+            'img_scale': list(args.img_scale),
             **{k: _nan_to_none(res[k]) for k in ('aAcc', 'mIoU', 'mAcc')},
             'per_class': [{'class': c, 'IoU': _nan_to_none(i), 'Acc': _nan_to_none(a)}
                           for c, i, a in zip(class_names, res['IoU'], res['Acc'])],
             'crossformer_seg': __version__}
 
 def run_test(args):
-    "The `test` command: evaluate `args.checkpoint` on `args.data`; rank 0 prints the tables and writes `args.out`. Exit code 0, or 2 on bad input."
+    "The `test` command: evaluate `args.checkpoint` on `args.data`; process 0 prints the tables and writes `args.out`."
     rank = int(os.environ.get('RANK', '0'))
-    def fail(msg):  # every process returns 2; process 0 says why, in one line
-        if rank == 0: print(f'error: {msg}', file=sys.stderr, flush=True)
+    def fail(msg):  # every process stops with exit code 2; process 0 says why (cli's `run_command` prints `error: msg`)
+        if rank == 0: raise UsageError(msg)
         return 2
     try: device = _device(args.device)
-    except (RuntimeError, ValueError) as e: return fail(f'--device {args.device}: {_one_line(e)}')
+    except UsageError as e: return fail(str(e))
     created = _init_distributed(device)
     try:
         rank, world = rank_world()
-        err, ready = _prepare(args, device)
+        try: ready, err = _prepare(args, device), None
+        except UsageError as e: ready, err = None, str(e)
         errs = [e for e in _all_gather_object(err) if e]   # all processes stop if any cannot start
         if errs: return fail(errs[0])
         model, items = ready
         ratios, flip = (AUG_TEST_RATIOS, True) if args.aug_test else (None, False)
         try: res = evaluate(model, items, args.mode, ratios, flip, device=device, show_dir=args.show_dir,
-                            progress=rank == 0 and sys.stdout.isatty())
+                            progress=rank == 0 and sys.stdout.isatty(), img_scale=tuple(args.img_scale))
         except (OSError, ValueError) as e: return fail(_one_line(e))
         if rank == 0:
             report = _report(args, res)
@@ -380,13 +358,12 @@ def run_test(args):
             print(f"aAcc {100 * res['aAcc']:.2f}  mIoU {100 * res['mIoU']:.2f}  mAcc {100 * res['mAcc']:.2f}  "
                   f"({res['images']} images of {args.data} {args.split}, {args.config}, {args.mode}"
                   f"{', aug-test' if args.aug_test else ''}{f', {world} processes' if world > 1 else ''}) -> {args.out}", flush=True)
-            _write_json(args.out, report)
+            with atomic_write(args.out, 'results') as tmp: tmp.write_text(json.dumps(report, indent=1, allow_nan=False) + '\n')
         return 0
     finally:
         if created: dist.destroy_process_group()
 
-# %% ../nbs/09_metrics.ipynb #c059
+# %% ../nbs/09_metrics.ipynb #c060
 if __name__ == '__main__':
-    import argparse
-    _p = argparse.ArgumentParser(prog='python -m crossformer_seg.metrics', description='evaluate a segmentor on a split (the `test` command)')
-    sys.exit(run_test(test_arguments(_p).parse_args()))
+    sys.exit(command_main(test_arguments, run_test, prog='python -m crossformer_seg.metrics',
+                          description='evaluate a segmentor on a split (the `test` command)'))

@@ -11,14 +11,11 @@ import copy, inspect
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .backbone import CrossFormer
+from .core import plain_tensor
+from .backbone import CrossFormer, CROSSFORMER_VARIANTS
 from .heads import resize, FPN, FPNHead, UPerHead, FCNHead
 
 # %% ../nbs/03_segmentor.ipynb #c005
-def _plain(t):
-    "`t` as a plain `torch.Tensor` (drops fastai's tensor subclasses, which only slow the network down)."
-    return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor else t
-
 class EncoderDecoder(nn.Module):
     "Backbone (+ neck) + decode head (+ auxiliary head), MMSegmentation's `EncoderDecoder` names and semantics."
     def __init__(self, backbone, decode_head, neck=None, auxiliary_head=None, align_corners=False):
@@ -42,7 +39,7 @@ class EncoderDecoder(nn.Module):
 
     def extract_feat(self, x):
         "The backbone's stage maps, through the neck if there is one."
-        feats = self.backbone(_plain(x))
+        feats = self.backbone(plain_tensor(x))
         return self.neck(feats) if self.with_neck else feats
 
     def forward_heads(self, x):
@@ -63,18 +60,12 @@ class EncoderDecoder(nn.Module):
         return resize(out, size, align_corners=self.align_corners), resize(aux, size, align_corners=self.align_corners)
 
 # %% ../nbs/03_segmentor.ipynb #c007
-_CROSSFORMER = {  # backbone variants: the paper's hyper-parameters
-    's': dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2),
-    'b': dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3),
-    'l': dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5),
-    'tiny': dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), drop_path_rate=0.),
-}
 _G14 = dict(group_size=(14, 14, 7, 7), crs_interval=(16, 8, 2, 1))
 _G7 = dict(group_size=(7, 7, 7, 7), crs_interval=(8, 4, 2, 1))
 
 def crossformer_config(variant, group_size, crs_interval):
-    "Backbone part of a config: CrossFormer `variant` ('s', 'b', 'l', 'tiny') with per-stage group sizes and intervals."
-    return dict(type='CrossFormer', **_CROSSFORMER[variant], group_size=group_size, crs_interval=crs_interval)
+    "Backbone part of a config: CrossFormer `variant` (a key of `backbone.CROSSFORMER_VARIANTS`) with per-stage group sizes and intervals."
+    return dict(type='CrossFormer', **CROSSFORMER_VARIANTS[variant], group_size=group_size, crs_interval=crs_interval)
 
 def _stage_dims(backbone): return [backbone['embed_dim'] * 2 ** i for i in range(len(backbone['depths']))]
 
@@ -165,7 +156,7 @@ class SegLoss:
 
     def cross_entropy(self, logits, target):
         "One head's loss: `logits` resized to `target`'s size, CE with `ignore_index`, reduced."
-        logits = resize(_plain(logits), target.shape[-2:], align_corners=self.align_corners)
+        logits = resize(plain_tensor(logits), target.shape[-2:], align_corners=self.align_corners)
         loss = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction='none')  # N x H x W
         valid = (target != self.ignore_index)
         if self.reduction == 'sum': return loss.sum()
@@ -174,21 +165,21 @@ class SegLoss:
         return loss.sum() / valid.sum().clamp_min(1) if self.avg_non_ignore else loss.mean()
 
     def __call__(self, pred, target):
-        target = _plain(target)
+        target = plain_tensor(target)
         if target.ndim == 4: target = target.squeeze(1)
         preds = list(pred) if isinstance(pred, (tuple, list)) else [pred]
         loss = self.cross_entropy(preds[0], target.long())
         for aux in preds[1:]: loss = loss + self.aux_weight * self.cross_entropy(aux, target.long())
         return loss
 
-    def activation(self, x): return F.softmax(_plain(x), dim=1)
+    def activation(self, x): return F.softmax(plain_tensor(x), dim=1)
     def decodes(self, x): return x.argmax(dim=1)
     def __repr__(self): return f'SegLoss(ignore_index={self.ignore_index}, aux_weight={self.aux_weight}, avg_non_ignore={self.avg_non_ignore})'
 
 # %% ../nbs/03_segmentor.ipynb #c026
 def _logits(model, x):
     "Logits at `x`'s size: `encode_decode` of an `EncoderDecoder`, else the model's output resized."
-    out = model.encode_decode(x) if hasattr(model, 'encode_decode') else _plain(model(x))
+    out = model.encode_decode(x) if hasattr(model, 'encode_decode') else plain_tensor(model(x))
     return resize(out, x.shape[-2:], align_corners=getattr(model, 'align_corners', False))
 
 def slide_logits(model, img, crop_size=(512, 512), stride=(341, 341)):
@@ -219,7 +210,7 @@ def inference(model, img, mode='whole', crop_size=(512, 512), stride=(341, 341),
               out_size=None, size_divisor=None):
     "Logits at `out_size` (default: `img`'s size) by whole-image or sliding-window inference, optionally multi-scale / flipped."
     if mode not in ('whole', 'slide'): raise ValueError(f"inference: mode must be 'whole' or 'slide', got {mode!r}")
-    img = _plain(img)
+    img = plain_tensor(img)
     if img.ndim != 4: raise ValueError(f'inference: img must be N x C x H x W, got shape {tuple(img.shape)}')
     out_size = tuple(img.shape[-2:]) if out_size is None else tuple(out_size)
     single = (lambda x: _logits(model, x)) if mode == 'whole' else (lambda x: slide_logits(model, x, crop_size, stride))

@@ -31,11 +31,12 @@ def one_thread():
 
 
 def run_test(*argv):
-    "The `test` command in this process: (exit code, stdout, stderr)."
+    "The `test` command in this process, as `python -m crossformer_seg.metrics ARGV` runs it: (exit code, stdout, stderr)."
     import crossformer_seg.metrics as M
+    from crossformer_seg.core import command_main
     o, e = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e), one_thread():
-        code = M.run_test(M.test_arguments(argparse.ArgumentParser()).parse_args(list(map(str, argv))))
+        code = command_main(M.test_arguments, M.run_test, list(map(str, argv)))
     return code, o.getvalue(), e.getvalue()
 
 
@@ -51,10 +52,10 @@ def launch(*argv, n=2, timeout=300):
 def five(tmp_path_factory):
     "A demo validation split of 5 images (an odd count) and a `tiny_fpn` checkpoint from a fixed seed."
     from crossformer_seg.checkpoint import save_checkpoint
-    from crossformer_seg.data import make_demo_ade20k
+    from crossformer_seg.demo import make_demo_ade20k
     from crossformer_seg.segmentor import build_segmentor
     d = tmp_path_factory.mktemp('five')
-    root = make_demo_ade20k(d / 'demo', n_train=0, n_val=5, seed=3)
+    root = make_demo_ade20k(d / 'demo', n_train=1, n_val=5, seed=3)
     torch.manual_seed(0)
     ckpt = save_checkpoint(build_segmentor('tiny_fpn'), d / 'tiny_fpn.safetensors', {'config': 'tiny_fpn'})
     return d, root, ckpt
@@ -62,7 +63,7 @@ def five(tmp_path_factory):
 
 def test_two_processes_write_the_one_process_json(five):
     d, root, ckpt = five
-    args = ['--config', 'tiny_fpn', '--checkpoint', ckpt, '--data', root]
+    args = ['--config', 'tiny_fpn', '--checkpoint', ckpt, '--data', root, '--img-scale', 1024, 256]   # half scale: quicker
     code, out, err = run_test(*args, '--out', d / 'one.json')
     assert (code, err) == (0, ''), err
     r = launch(*args, '--out', d / 'two.json', '--show-dir', d / 'show')
@@ -75,6 +76,7 @@ def test_two_processes_write_the_one_process_json(five):
     assert sorted(os.listdir(d / 'show')) == [f'ADE_val_{i:08d}_overlay.jpg' for i in range(1, 6)]  # both shards
 
 
+@slow
 def test_two_processes_stop_together_on_a_bad_label(five, tmp_path):
     "A bad label in process 1's shard: both processes exit 2 (none waits forever), one error line, no JSON."
     import shutil
@@ -83,9 +85,10 @@ def test_two_processes_stop_together_on_a_bad_label(five, tmp_path):
     bad = shutil.copytree(root, tmp_path / 'demo')
     lab = bad / 'annotations' / 'validation' / 'ADE_val_00000002.png'   # image 2 of 5: process 1's first
     a = np.array(Image.open(lab)); a[3, 4] = 200; Image.fromarray(a).save(lab)
-    r = launch('--config', 'tiny_fpn', '--checkpoint', ckpt, '--data', bad, '--out', tmp_path / 'eval.json', timeout=240)
+    r = launch('--config', 'tiny_fpn', '--checkpoint', ckpt, '--data', bad, '--out', tmp_path / 'eval.json',
+               '--img-scale', 512, 128, timeout=240)
     assert r.returncode != 0
-    line = f'error: label {lab} has values [200] above 150 (ADE20K labels are 0..150, 255 = ignore)'
+    line = f'error: label {lab}: has values [200] above 150 (ADE20K labels are 0..150, 255 = ignore)'
     assert r.stderr.count(line) == 1, r.stderr[-4000:]
     assert [l for l in r.stderr.splitlines() if l.startswith('error: ')] == [line]
     assert not (tmp_path / 'eval.json').exists()
@@ -161,37 +164,38 @@ def test_fastai_metric_two_processes_equal_one(tmp_path):
 
 @pytest.fixture(scope='module')
 def upernet(tmp_path_factory):
+    "The demo dataset (2 validation images), one small demo image in the same layout, a `tiny_upernet` checkpoint."
+    from PIL import Image
     from crossformer_seg.checkpoint import save_checkpoint
-    from crossformer_seg.data import make_demo_ade20k
+    from crossformer_seg.demo import demo_sample, make_demo_ade20k
     from crossformer_seg.segmentor import build_segmentor
     d = tmp_path_factory.mktemp('upernet')
-    root = make_demo_ade20k(d / 'demo', n_train=0, n_val=2, seed=5)
+    root = make_demo_ade20k(d / 'demo', n_train=1, n_val=2, seed=5)
+    img, lbl = demo_sample(5, 'validation', 0)
+    small = d / 'small'
+    for kind, a, ext in (('images', img[-64:, :96], '.jpg'), ('annotations', lbl[-64:, :96], '.png')):  # 96 x 64, bottom left
+        (small / kind / 'validation').mkdir(parents=True)
+        Image.fromarray(np.ascontiguousarray(a)).save(small / kind / 'validation' / f'ADE_val_00000001{ext}', quality=95)
     torch.manual_seed(1)
-    return d, root, save_checkpoint(build_segmentor('tiny_upernet'), d / 'tiny_upernet.safetensors', {'config': 'tiny_upernet'})
+    return d, root, small, save_checkpoint(build_segmentor('tiny_upernet'), d / 'tiny_upernet.safetensors', {'config': 'tiny_upernet'})
 
 
-def test_slide_aug_test_upernet_small_scale(upernet, monkeypatch):
-    "The command passes slide + the six ratios + flip to the test pipeline; run for real at 1/8 of the ratios (fast)."
+def test_slide_aug_test_upernet_small_image(upernet):
+    "slide + 6 scales + flip, for real, on a 96 x 64 demo image: the largest scale (448 x 672) takes two windows."
     import crossformer_seg.metrics as M
-    d, root, ckpt = upernet
-    calls, real = [], M.segment_image
-    def eighth(model, img, mode='whole', ratios=None, flip=False, device='cpu'):
-        calls.append((mode, tuple(ratios), flip))
-        return real(model, img, mode, [r / 8 for r in ratios], flip, device)
-    monkeypatch.setattr(M, 'segment_image', eighth)
-    code, out, err = run_test('--config', 'tiny_upernet', '--checkpoint', ckpt, '--data', root, '--mode', 'slide',
-                              '--aug-test', '--out', d / 'small.json')
+    d, _, small, ckpt = upernet
+    code, out, err = run_test('--config', 'tiny_upernet', '--checkpoint', ckpt, '--data', small, '--mode', 'slide',
+                              '--aug-test', '--img-scale', 1024, 256, '--out', d / 'small.json')
     assert (code, err) == (0, ''), err
-    assert calls == [('slide', M.AUG_TEST_RATIOS, True)] * 2
     js = json.loads((d / 'small.json').read_text())
-    assert (js['mode'], js['aug_test'], js['flip'], js['ratios'], js['images']) == ('slide', True, True, list(M.AUG_TEST_RATIOS), 2)
-    assert js['config'] == 'tiny_upernet' and len(js['per_class']) == 150
+    assert (js['mode'], js['aug_test'], js['flip'], js['ratios'], js['images']) == ('slide', True, True, list(M.AUG_TEST_RATIOS), 1)
+    assert js['config'] == 'tiny_upernet' and len(js['per_class']) == 150 and 0 <= js['mIoU'] <= 1
 
 
 @slow
 def test_slide_aug_test_upernet(upernet):
-    "The real thing: 6 scales x 2 flips of sliding windows per image (about a minute per image on one CPU core)."
-    d, root, ckpt = upernet
+    "The paper's test on the demo split: 6 scales x 2 flips of sliding windows at 2048 x 512 (minutes on one CPU core)."
+    d, root, _, ckpt = upernet
     code, out, err = run_test('--config', 'tiny_upernet', '--checkpoint', ckpt, '--data', root, '--mode', 'slide',
                               '--aug-test', '--out', d / 'full.json')
     assert (code, err) == (0, ''), err
