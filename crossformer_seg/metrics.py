@@ -20,7 +20,7 @@ from fastai.learner import Metric
 from fastprogress.fastprogress import progress_bar
 
 from . import __version__
-from .core import UsageError, atomic_write, command_main, plain_tensor
+from .core import UsageError, atomic_write, check_writable_dir, command_main, plain_tensor
 from .checkpoint import CheckpointMismatch, read_checkpoint, unwrap_model
 from .transforms import IGNORE_INDEX
 from .data import ADE20K_CLASSES, ade20k_items, check_sizes, read_pair
@@ -215,7 +215,7 @@ def _one_line(e): return ' '.join(str(e).split()) or type(e).__name__
 
 def evaluate(model, data, mode='whole', ratios=None, flip=False, split='validation', device=None, show_dir=None,
              progress=True, num_classes=None, ignore_index=IGNORE_INDEX, img_scale=(2048, 512)):
-    "aAcc / mIoU / mAcc, per-class IoU / Acc, image count and confusion matrix of `model` on a split; streamed, one shard per process."
+    "aAcc / mIoU / mAcc, per-class IoU / Acc, image count and confusion matrix of `model` (moved to `device` if given) on a split; streamed, one shard per process."
     items = ade20k_items(data, split) if isinstance(data, (str, os.PathLike)) else list(data)
     model = unwrap_model(model)
     if device is None: device = next(model.parameters()).device
@@ -232,7 +232,7 @@ def evaluate(model, data, mode='whole', ratios=None, flip=False, split='validati
             if show_dir is not None: save_image(side_by_side(img, pred), Path(show_dir)/f'{Path(item[0]).stem}_overlay.jpg', quality=90)
             done += 1
         except Exception as e: error = e; break   # reported to every process below, so none waits forever
-    failures = _all_gather_object(None if error is None else (_one_line(error), isinstance(error, (OSError, ValueError))))
+    failures = _all_gather_object(None if error is None else (_one_line(error), isinstance(error, (OSError, ValueError, UsageError))))
     failed = [f for f in failures if f is not None]
     if error is not None: raise error
     if failed: raise (ValueError if failed[0][1] else RuntimeError)(failed[0][0])
@@ -306,8 +306,7 @@ def _prepare(args, device):
     try: items = ade20k_items(args.data, args.split); check_sizes(items)
     except (OSError, ValueError) as e: raise UsageError(f'--data {args.data}: {_one_line(e)}') from None
     _check_out(args.out)
-    if args.show_dir and Path(args.show_dir).exists() and not Path(args.show_dir).is_dir():
-        raise UsageError(f'--show-dir {args.show_dir}: exists and is not a folder')
+    if args.show_dir: check_writable_dir(args.show_dir, '--show-dir')
     if min(args.img_scale) < 32: raise UsageError(f'--img-scale {" ".join(map(str, args.img_scale))}: sides must be at least 32')
     try: model = load_segmentor(args.config, args.checkpoint, device)
     except UsageError as e:
@@ -350,7 +349,7 @@ def run_test(args):
         ratios, flip = (AUG_TEST_RATIOS, True) if args.aug_test else (None, False)
         try: res = evaluate(model, items, args.mode, ratios, flip, device=device, show_dir=args.show_dir,
                             progress=rank == 0 and sys.stdout.isatty(), img_scale=tuple(args.img_scale))
-        except (OSError, ValueError) as e: return fail(_one_line(e))
+        except (OSError, ValueError, UsageError) as e: return fail(_one_line(e))
         if rank == 0:
             report = _report(args, res)
             print(markdown_table(per_class_table(res)))
