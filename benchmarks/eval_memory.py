@@ -2,7 +2,7 @@
 
 Each measurement runs in a fresh process: it builds `tiny_fpn` (random weights, seed 0), evaluates a split of N
 copies of one synthetic demo image (same size, so every image costs the same) with the paper's test pipeline, and
-reports the process's peak resident memory (`ru_maxrss`), the peak of Python and numpy allocations during the
+reports the process's peak resident memory (`VmHWM`), the peak of Python and numpy allocations during the
 evaluation (`tracemalloc`) and the resident memory after each image (what stays between images). A streamed
 evaluation keeps only a confusion matrix, so all three are the same for N and k*N images. `--control` also runs a
 loop that keeps every prediction (as evaluation loops that gather predictions do), to show the measurement sees
@@ -25,14 +25,15 @@ def make_split(root, n, seed=3):
     return Path(root)
 
 
-def _rss_mib():
-    "Current resident memory of this process (Linux /proc)."
-    with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+def _status_mib(key):
+    "A memory line of /proc/self/status in MiB: VmRSS (resident now) or VmHWM (peak resident of this program)."
+    with open('/proc/self/status') as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(key + ':')) / 2**10  # kB
 
 
 def _child(root, ratio, leak):
     "Runs in the measured process: evaluate, then print the peaks and the per-image resident memory as JSON."
-    import resource, time, tracemalloc
+    import time, tracemalloc
     import torch
     torch.set_num_threads(1)
     import crossformer_seg.metrics as M
@@ -43,7 +44,7 @@ def _child(root, ratio, leak):
     def spy(*args, **kwargs):  # records the memory after each image; with `leak`, keeps the prediction (the control)
         pred = segment_image(*args, **kwargs)
         if leak: kept.append(pred)
-        rss.append(_rss_mib())
+        rss.append(_status_mib('VmRSS'))
         return pred
     M.segment_image = spy
     tracemalloc.start()
@@ -52,7 +53,7 @@ def _child(root, ratio, leak):
     secs = time.perf_counter() - t
     _, py_peak = tracemalloc.get_traced_memory()
     print(json.dumps(dict(images=res['images'], mIoU=res['mIoU'], secs=secs, py_peak_mib=py_peak / 2**20, rss_mib=rss,
-                          maxrss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10)))
+                          maxrss_mib=_status_mib('VmHWM'))))  # not ru_maxrss: Linux carries the parent's over fork + exec
 
 
 def measure(n, ratio=1.0, leak=False, workdir=None):

@@ -56,9 +56,21 @@ def five(tmp_path_factory):
     from crossformer_seg.segmentor import build_segmentor
     d = tmp_path_factory.mktemp('five')
     root = make_demo_ade20k(d / 'demo', n_train=1, n_val=5, seed=3)
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(build_segmentor('tiny_fpn'), d / 'tiny_fpn.safetensors', {'config': 'tiny_fpn'})
-    return d, root, ckpt
+    return d, root, save_checkpoint(demo_classes_model(), d / 'tiny_fpn.safetensors', {'config': 'tiny_fpn'})
+
+
+def demo_classes_model(seed=0):
+    "`tiny_fpn` from `seed` whose classifier picks among the 8 demo classes only: a confusion matrix that is not trivial."
+    from crossformer_seg.demo import DEMO_CLASSES
+    from crossformer_seg.segmentor import build_segmentor
+    torch.manual_seed(seed)
+    model = build_segmentor('tiny_fpn').eval()
+    with torch.no_grad():
+        seg = model.decode_head.conv_seg
+        seg.weight.normal_(0, 1)
+        off = torch.ones(seg.bias.shape, dtype=torch.bool); off[[k - 1 for k in DEMO_CLASSES]] = False  # ids are 1-based
+        seg.bias[off] -= 100
+    return model
 
 
 def test_two_processes_write_the_one_process_json(five):
@@ -69,7 +81,7 @@ def test_two_processes_write_the_one_process_json(five):
     r = launch(*args, '--out', d / 'two.json', '--show-dir', d / 'show')
     assert r.returncode == 0, r.stderr[-4000:]
     one, two = (json.loads((d / f).read_text()) for f in ('one.json', 'two.json'))
-    assert one['images'] == 5 and 0 < one['mIoU'] < 1
+    assert one['images'] == 5 and 0 < one['mIoU'] < 1 and sum(c['IoU'] is not None for c in one['per_class']) >= 8
     assert two == one                                            # every number, exactly
     summary = [l for l in r.stdout.splitlines() if l.startswith('aAcc ')]
     assert len(summary) == 1 and '5 images' in summary[0] and '2 processes' in summary[0], r.stdout   # rank 0 only
