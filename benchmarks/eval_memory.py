@@ -4,7 +4,9 @@ Each measurement runs in a fresh process: it builds `tiny_fpn` (random weights, 
 copies of one synthetic demo image (same size, so every image costs the same) with the paper's test pipeline, and
 reports the process's peak resident memory (`VmHWM`), the peak of Python and numpy allocations during the
 evaluation (`tracemalloc`) and the resident memory after each image (what stays between images). A streamed
-evaluation keeps only a confusion matrix, so all three are the same for N and k*N images. `--control` also runs a
+evaluation keeps only a confusion matrix, so all three are the same for N and k*N images (the child runs with
+MALLOC_MMAP_THRESHOLD_=65536, so that freed blocks go back to the OS and resident memory is live data, not glibc's
+cache and fragmentation, which otherwise add tens of MiB of noise at full scale). `--control` also runs a
 loop that keeps every prediction (as evaluation loops that gather predictions do), to show the measurement sees
 such growth: about H x W x 8 bytes per image.
 
@@ -60,7 +62,8 @@ def measure(n, ratio=1.0, leak=False, workdir=None):
     "Peak memory of one evaluation of `n` images in a fresh process: dict(images, secs, py_peak_mib, maxrss_mib)."
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         root = make_split(Path(d)/f'split{n}', n)
-        env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+        # blocks of 64 KiB and more straight from and back to the OS: resident memory shows live data, not malloc's cache
+        env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', MALLOC_MMAP_THRESHOLD_='65536')
         r = subprocess.run([sys.executable, __file__, '--_child', str(root), '--ratio', str(ratio)] + ['--leak'] * leak,
                            capture_output=True, text=True, env=env)
         if r.returncode: raise RuntimeError(f'child failed:\n{r.stderr[-3000:]}')

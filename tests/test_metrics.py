@@ -217,11 +217,11 @@ def test_slide_aug_test_upernet(upernet):
 
 @slow
 def test_memory_does_not_grow_with_the_split():
-    "Peak resident memory for 4x the images stays within noise (a loop keeping predictions grows ~1.4 MiB per image here)."
+    "Peak and resident memory for 4x the images stay put (a loop keeping predictions grows 1.4 MiB per image here)."
     sys.path.insert(0, str(ROOT / 'benchmarks'))
     import eval_memory
     small, large = (eval_memory.measure(n, ratio=0.5) for n in (3, 12))
     assert (small['images'], large['images']) == (3, 12)
-    print(small, large)
-    assert large['maxrss_mib'] - small['maxrss_mib'] < 8, (small, large)
-    assert large['rss_mib'][-1] - large['rss_mib'][2] < 8, large['rss_mib']   # resident after image 3 vs image 12
+    print({k: small[k] for k in ('maxrss_mib', 'py_peak_mib')}, {k: large[k] for k in ('maxrss_mib', 'py_peak_mib')}, large['rss_mib'])
+    assert large['maxrss_mib'] - small['maxrss_mib'] < 4, (small, large)
+    assert large['rss_mib'][-1] - large['rss_mib'][2] < 4, large['rss_mib']   # resident after image 3 vs image 12
