@@ -5,11 +5,10 @@ on one process or many (DDP), and writes a run folder from which a killed run re
 
 # %% auto #0
 __all__ = ['RECIPES', 'CHECKPOINT_FILES', 'STATE_FORMAT', 'LOG_FIELDS', 'Recipe', 'get_recipe', 'recipe_name', 'poly_lr', 'lr_at',
-           'param_groups', 'no_decay_names', 'adamw', 'PerImageSegLoss', 'is_distributed', 'world_size', 'rank',
-           'DistBatchNorm', 'convert_sync_batchnorm', 'step_seed', 'rng_state', 'set_rng_state', 'ConfusionMIoU',
-           'NonFiniteLoss', 'iter_chunks', 'IterTrainer', 'AMP', 'checkpoint_iteration', 'read_training_state',
-           'find_checkpoints', 'latest_checkpoint', 'prune_checkpoints', 'metric_results', 'RunFolder', 'RankCheck',
-           'SegLearner', 'seg_learner']
+           'param_groups', 'no_decay_names', 'adamw', 'PerImageSegLoss', 'is_distributed', 'DistBatchNorm',
+           'convert_sync_batchnorm', 'step_seed', 'rng_state', 'set_rng_state', 'metric_results', 'NonFiniteLoss',
+           'iter_chunks', 'IterTrainer', 'AMP', 'checkpoint_iteration', 'read_training_state', 'find_checkpoints',
+           'latest_checkpoint', 'prune_checkpoints', 'RunFolder', 'RankCheck', 'SegLearner', 'seg_learner']
 
 # %% ../nbs/10_learner.ipynb #c002
 import base64, csv, hashlib, json, math, os, random, re, shutil, time
@@ -23,9 +22,8 @@ import torch.nn as nn
 import torch.distributed as dist
 from fastcore.basics import noop
 from fastai.learner import Learner
-from fastai.callback.core import Callback, CancelBatchException, CancelStepException, CancelValidException
+from fastai.callback.core import Callback, CancelBatchException, CancelStepException
 from fastai.callback.progress import ProgressCallback
-from fastai.metrics import Metric
 from fastai.optimizer import OptimWrapper
 from safetensors.torch import load_file as _st_load, save_file as _st_save
 
@@ -35,6 +33,7 @@ from .segmentor import SegLoss, build_segmentor
 from .checkpoint import save_checkpoint, load_checkpoint, unwrap_model
 from .transforms import IGNORE_INDEX
 from .data import ADEDataLoader, IterSampler
+from .metrics import SegMetrics, miou_metrics, rank_world, all_reduce_sum
 
 # %% ../nbs/10_learner.ipynb #c006
 @dataclass(frozen=True)
@@ -122,10 +121,7 @@ class PerImageSegLoss(SegLoss):
 # %% ../nbs/10_learner.ipynb #c022
 def is_distributed():
     "Whether a process group of more than one process is running."
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-def world_size(): return dist.get_world_size() if is_distributed() else 1
-def rank(): return dist.get_rank() if is_distributed() else 0
+    return rank_world()[1] > 1
 
 class DistBatchNorm(nn.BatchNorm2d):
     "`BatchNorm2d` over the batch of all processes on any device and backend (torch's `SyncBatchNorm` needs CUDA)."
@@ -180,37 +176,26 @@ def set_rng_state(s):
     if s.get('cuda') and torch.cuda.is_available(): torch.cuda.set_rng_state_all([_unb64(c) for c in s['cuda']])
 
 # %% ../nbs/10_learner.ipynb #c028
-class ConfusionMIoU(Metric):
-    "Streamed confusion matrix over the validation set (all processes) -> mIoU, mAcc, aAcc (fractions); logits resized to the label."
-    def __init__(self, num_classes=150, ignore_index=IGNORE_INDEX): self.num_classes, self.ignore_index = num_classes, ignore_index; self.reset()
-    def reset(self): self.cm, self._res = torch.zeros(self.num_classes ** 2, dtype=torch.int64), None
-    def accumulate(self, learn):
-        pred, y = learn.pred, plain_tensor(learn.yb[0])
-        if isinstance(pred, (tuple, list)): pred = pred[0]
-        if y.ndim == 4: y = y[:, 0]
-        p = resize(plain_tensor(pred).float(), y.shape[-2:]).argmax(1)
-        keep = y != self.ignore_index
-        self.cm += torch.bincount((y[keep].long() * self.num_classes + p[keep]).cpu(), minlength=self.num_classes ** 2)
-        self._res = None
-    @property
-    def results(self):
-        if self._res is None:
-            cm = self.cm
-            if is_distributed():   # NCCL reduces device tensors only
-                dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
-                cm = cm.to(dev); dist.all_reduce(cm); cm = cm.cpu()
-            cm = cm.view(self.num_classes, self.num_classes).double()
-            tp, gt, pr = cm.diag(), cm.sum(1), cm.sum(0)
-            iou, acc = tp / (gt + pr - tp), tp / gt
-            self._res = dict(mIoU=iou.nanmean().item(), mAcc=acc.nanmean().item(), aAcc=(tp.sum() / cm.sum()).item(),
-                             IoU=[None if math.isnan(v) else v for v in iou.tolist()])
-        return self._res
-    @property
-    def value(self): return self.results['mIoU']
-    @property
-    def name(self): return 'mIoU'
+def _plain_json(v):
+    "Floats and lists of floats with NaN as None, for JSON."
+    if isinstance(v, torch.Tensor): v = v.tolist()
+    if isinstance(v, np.ndarray): v = v.tolist()
+    if isinstance(v, (list, tuple)): return [_plain_json(x) for x in v]
+    if isinstance(v, (float, np.floating)): return None if math.isnan(v) else float(v)
+    return v
 
-# %% ../nbs/10_learner.ipynb #c031
+def metric_results(learn):
+    "What the learner's last validation measured: aAcc, mIoU, mAcc, per-class IoU and Acc of each `SegMetrics`, `{name: value}` of other metrics."
+    out, seen = {}, set()
+    for m in learn.metrics:
+        g = getattr(m, 'group', None)
+        if isinstance(g, SegMetrics):
+            if id(g) not in seen: out.update({k: _plain_json(g.value(k)) for k in ('aAcc', 'mIoU', 'mAcc', 'IoU', 'Acc')})
+            seen.add(id(g))
+        else: out[m.name] = _plain_json(m.value.item() if isinstance(m.value, torch.Tensor) else m.value)
+    return out
+
+# %% ../nbs/10_learner.ipynb #c030
 class NonFiniteLoss(RuntimeError):
     "The loss became NaN or infinite; `.iteration` is the 1-based iteration whose step it would have been."
     def __init__(self, msg, iteration): super().__init__(msg); self.iteration = iteration
@@ -222,13 +207,13 @@ def iter_chunks(start, stop, eval_interval):
         b = min((start // ev + 1) * ev, stop); out.append((start, b)); start = b
     return out
 
-# %% ../nbs/10_learner.ipynb #c033
+# %% ../nbs/10_learner.ipynb #c032
 class IterTrainer(Callback):
     "Iteration-based training inside fastai's loop: stretches between evaluations, accumulation, lr per iteration, clipping, fp16 scaling, NaN stop."
     order = -5
     def __init__(self, accum=1, clip_grad=None): self.accum, self.clip_grad = accum, clip_grad
     def before_fit(self):
-        self.chunks, self.rk = iter_chunks(self.learn.iteration, self.learn.recipe.max_iters, self.learn.recipe.eval_interval), rank()
+        self.chunks, self.rk = iter_chunks(self.learn.iteration, self.learn.recipe.max_iters, self.learn.recipe.eval_interval), rank_world()[0]
         if len(self.chunks) != self.n_epoch: raise ValueError('a SegLearner trains with fit_iters(), not fit()')
     def before_epoch(self):
         self.chunk = self.chunks[self.epoch]
@@ -271,7 +256,7 @@ class IterTrainer(Callback):
         self.learn.model = unwrap_model(self.learn.model)
     def after_validate(self): self.learn.model = self._wrapped
 
-# %% ../nbs/10_learner.ipynb #c035
+# %% ../nbs/10_learner.ipynb #c034
 class AMP(Callback):
     "Autocast the forward pass in `bf16` or `fp16` on the model's device; the loss is computed in float32."
     order = 10
@@ -286,7 +271,7 @@ class AMP(Callback):
         p = self.learn.pred
         self.learn.pred = tuple(o.float() for o in p) if isinstance(p, (tuple, list)) else p.float()
 
-# %% ../nbs/10_learner.ipynb #c037
+# %% ../nbs/10_learner.ipynb #c036
 CHECKPOINT_FILES = ('model.safetensors', 'optimizer.safetensors', 'state.json')
 STATE_FORMAT = 'crossformer_seg.training_state'
 
@@ -317,11 +302,11 @@ def _write_json(path, obj):
 def _gather_json(obj):
     "`obj` (JSON-able) of every process, in rank order."
     if not is_distributed(): return [obj]
-    out = [None] * world_size()
+    out = [None] * rank_world()[1]
     dist.all_gather_object(out, json.dumps(obj))
     return [json.loads(o) for o in out]
 
-# %% ../nbs/10_learner.ipynb #c038
+# %% ../nbs/10_learner.ipynb #c037
 def checkpoint_iteration(path):
     "The N of a checkpoint folder named `iter_N`, else None."
     m = re.fullmatch(r'iter_(\d+)', Path(path).name)
@@ -369,7 +354,7 @@ def _remove_stale(run_dir):
         m = re.fullmatch(r'\.(iter_\d+)\.\d+\.tmp', p.name)
         if m: remove_stale_temporaries(Path(run_dir)/m.group(1))
 
-# %% ../nbs/10_learner.ipynb #c040
+# %% ../nbs/10_learner.ipynb #c039
 LOG_FIELDS = ('iter', 'lr', 'loss', 'sec_per_iter', 'mIoU', 'mAcc', 'aAcc')
 
 def _tensorboard(path):
@@ -377,23 +362,12 @@ def _tensorboard(path):
     except ImportError: return None
     return SummaryWriter(str(Path(path)/'tb'))
 
-def metric_results(learn):
-    "The results of the learner's metrics after a validation: the `results` dict of a metric that has one, else `{name: value}`."
-    out = {}
-    for m in learn.metrics:
-        r = getattr(m, 'results', None)
-        if isinstance(r, dict): out.update(r)
-        else:
-            v = m.value
-            out[m.name] = v.item() if isinstance(v, torch.Tensor) else v
-    return out
-
 class RunFolder(Callback):
     "Write the run folder while training: log.csv, eval_iter_N.json, best.safetensors, iter_N/ checkpoints, final.safetensors."
     order = 55
     def __init__(self, path, keep=3, log_interval=50): self.path, self.keep, self.log_interval = Path(path), keep, log_interval
     def before_fit(self):
-        self.main, self._loss, self._n, self._t, self._evaluated = rank() == 0, 0., 0, time.time(), False
+        self.main, self._loss, self._n, self._t, self._evaluated = rank_world()[0] == 0, 0., 0, time.time(), False
         self._last = self.learn.iteration
         if self.main:
             self.path.mkdir(parents=True, exist_ok=True); _remove_stale(self.path)
@@ -419,8 +393,8 @@ class RunFolder(Callback):
                 if k != 'iter' and v not in (None, ''): self.tb.add_scalar(k, float(v), int(row['iter']))
     def _log_train(self, it):
         loss = torch.as_tensor(self._loss, dtype=torch.float64).reshape(1)
-        if is_distributed():
-            loss = loss.to(next(self.learn.model.parameters()).device); dist.all_reduce(loss); loss = loss.cpu() / world_size()
+        if is_distributed():   # the mean over all processes
+            loss = all_reduce_sum(loss) / rank_world()[1]
         now = time.time()
         if self.main:
             self._row(iter=it, lr=f'{lr_at(self.learn.recipe, it - 1):.6e}', loss=f'{loss.item() / max(self._n, 1):.6f}',
@@ -458,7 +432,7 @@ class RunFolder(Callback):
             save_checkpoint(self.learn.plain_model, self.path/'final.safetensors', metadata=self._meta(self.learn.iteration))
         if self.tb is not None: self.tb.close()
 
-# %% ../nbs/10_learner.ipynb #c042
+# %% ../nbs/10_learner.ipynb #c041
 class RankCheck(Callback):
     "After every step, check that every process holds bit-identical weights (SHA-256 of all parameters and buffers, gathered)."
     order = 60
@@ -471,7 +445,7 @@ class RankCheck(Callback):
         if len(set(hashes)) > 1: raise RuntimeError(f'weights differ between processes after iteration {self.learn.iteration}: {hashes}')
         self.checks += 1
 
-# %% ../nbs/10_learner.ipynb #c044
+# %% ../nbs/10_learner.ipynb #c043
 class SegLearner(Learner):
     "A fastai `Learner` that trains by iterations (`fit_iters`) and saves and restores its whole training state."
     @property
@@ -492,9 +466,9 @@ class SegLearner(Learner):
     def save_training_state(self, path):
         "Write checkpoint folder `path` (weights, optimizer, scaler, every process's generators, position) atomically; every process calls it."
         rngs = _gather_json(rng_state())
-        if rank() == 0:
+        if rank_world()[0] == 0:
             tensors, opt_meta = _flat_optimizer(self.opt.state_dict())
-            state = dict(format=STATE_FORMAT, version=1, iteration=self.iteration, world_size=world_size(),
+            state = dict(format=STATE_FORMAT, version=1, iteration=self.iteration, world_size=rank_world()[1],
                          recipe=asdict(self.recipe), data=self._data_position(), best=self.best, optimizer=opt_meta,
                          scaler=self.scaler.state_dict() if self.scaler is not None else None, rng=rngs)
             meta = dict(config=getattr(self.plain_model, 'config', None), iteration=self.iteration)
@@ -520,11 +494,11 @@ class SegLearner(Learner):
         self.opt.load_state_dict(_unflat_optimizer(_st_load(str(path/'optimizer.safetensors')), state['optimizer']))
         if self.scaler is not None and state.get('scaler'): self.scaler.load_state_dict(state['scaler'])
         rngs = state.get('rng') or []
-        if rank() < len(rngs): set_rng_state(rngs[rank()])
+        if rank_world()[0] < len(rngs): set_rng_state(rngs[rank_world()[0]])
         self.iteration, self.best = state['iteration'], state.get('best')
         return state
 
-# %% ../nbs/10_learner.ipynb #c045
+# %% ../nbs/10_learner.ipynb #c044
 def seg_learner(model_or_config, dls, recipe=None, metrics=None, work_dir=None, amp='no', clip_grad=None,
                 grad_checkpointing=False, keep=3, log_interval=50, num_classes=None, device=None, cbs=None, **recipe_overrides):
     "A `SegLearner` training `model_or_config` (a segmentor or a config name/dict) on `dls` (`ade20k_dls`) by the paper's `recipe`."
@@ -533,12 +507,12 @@ def seg_learner(model_or_config, dls, recipe=None, metrics=None, work_dir=None, 
     if amp not in ('no', 'bf16', 'fp16'): raise ValueError(f"amp must be 'no', 'bf16' or 'fp16', got {amp!r}")
     train = dls.train
     if not isinstance(train, ADEDataLoader): raise TypeError('seg_learner: dls.train must be an ADEDataLoader (see ade20k_dls)')
-    ws, rk = world_size(), rank()
+    rk, ws = rank_world()
     if rec.total_batch % (train.bs * ws):
         raise ValueError(f'total batch {rec.total_batch} is not a multiple of batch size {train.bs} x {ws} process(es)')
     accum = rec.total_batch // (train.bs * ws)
     train.sampler, dls.valid.shard = IterSampler(len(train.dataset), train.seed, train.bs, ws, rk, accum), (rk, ws)
-    device = torch.device(device) if device is not None else (dls.device or next(model.parameters()).device)
+    device = torch.device(device if device is not None else (dls.device or next(model.parameters()).device))
     model.to(device)
     if grad_checkpointing: model.set_grad_checkpointing(True)
     if ws > 1:
@@ -546,7 +520,7 @@ def seg_learner(model_or_config, dls, recipe=None, metrics=None, work_dir=None, 
                                                     device_ids=[device.index] if device.type == 'cuda' else None)
     nc = getattr(unwrap_model(model), 'num_classes', 150)
     learn = SegLearner(dls, model, loss_func=PerImageSegLoss(), opt_func=adamw(rec), lr=rec.lr,
-                       splitter=partial(param_groups, recipe=rec), metrics=[ConfusionMIoU(nc)] if metrics is None else metrics,
+                       splitter=partial(param_groups, recipe=rec), metrics=miou_metrics(nc) if metrics is None else metrics,
                        path=work_dir or '.', cbs=cbs)
     learn.recipe, learn.seed, learn.iteration, learn.best, learn.stepped = rec, train.seed, 0, None, False
     learn.scaler = torch.amp.GradScaler(device.type) if amp == 'fp16' else None

@@ -26,7 +26,8 @@ from .segmentor import SEG_CONFIGS, resolve_config, build_segmentor
 from .checkpoint import load_checkpoint, CheckpointMismatch
 from .data import ade20k_dls, ade20k_items, ADE20K_CLASSES, overlay, colorize, read_image, read_label
 from .learner import (RECIPES, get_recipe, recipe_name, seg_learner, latest_checkpoint, read_training_state,
-                                     checkpoint_iteration, NonFiniteLoss, RankCheck, world_size, rank)
+                                     checkpoint_iteration, NonFiniteLoss, RankCheck)
+from .metrics import rank_world
 
 # %% ../nbs/11_train.ipynb #c007
 TRAIN_DEFAULTS = dict(batch_size=2, crop_size=(512, 512), seed=0, amp='no', num_workers=2, keep=3, log_interval=50)
@@ -222,7 +223,7 @@ def _process_state(device):
 # %% ../nbs/11_train.ipynb #c020
 def _any_process(flag, device):
     "Whether `flag` is true on any process (a collective: every process calls it)."
-    if world_size() == 1: return flag
+    if rank_world()[1] == 1: return flag
     import torch.distributed as dist
     t = torch.tensor([float(flag)], device=device if dist.get_backend() == 'nccl' else 'cpu')
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -342,6 +343,6 @@ def run_demo(args):
     load_checkpoint(model, root/'run'/'final.safetensors')
     fig = demo_figure(model, data, root/'predictions.png', img_scale=DEMO['img_scale'])
     present = sum(v is not None for v in ev.get('IoU', []))
-    print(f'demo: validation mIoU {ev["mIoU"]:.3f} over {present} classes, mAcc {ev["mAcc"]:.3f}, aAcc {ev["aAcc"]:.3f} '
+    print(f'demo: validation mIoU {ev["mIoU"]:.3f} over the {present} classes labelled or predicted, mAcc {ev["mAcc"]:.3f}, aAcc {ev["aAcc"]:.3f} '
           f'({time.time() - t0:.0f} s); evaluation {root/"run"/f"eval_iter_{args.iters}.json"}, figure {fig}', flush=True)
     return 0

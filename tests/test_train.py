@@ -341,8 +341,8 @@ def test_demo_learns_within_ten_minutes(tmp_path):
                        capture_output=True, text=True, env=ENV, timeout=1200)
     wall = time.time() - t0
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    m = re.search(r'demo: validation mIoU ([0-9.]+) over (\d+) classes', r.stdout)
+    m = re.search(r'demo: validation mIoU ([0-9.]+) over the (\d+) classes', r.stdout)
     print(f'demo: {wall:.0f} s, {m.group(0) if m else r.stdout[-500:]}')
-    assert m and float(m.group(1)) >= 0.5 and int(m.group(2)) == 8, r.stdout[-2000:]
+    assert m and float(m.group(1)) >= 0.5 and int(m.group(2)) >= 8, r.stdout[-2000:]
     assert (tmp_path/'demo'/'predictions.png').stat().st_size > 10_000
     assert wall <= 600, wall
