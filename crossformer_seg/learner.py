@@ -196,8 +196,8 @@ def metric_results(learn):
 
 # %% ../nbs/10_learner.ipynb #c030
 class NonFiniteLoss(RuntimeError):
-    "The loss became NaN or infinite; `.iteration` is the 1-based iteration whose step it would have been."
-    def __init__(self, msg, iteration): super().__init__(msg); self.iteration = iteration
+    "The loss became NaN or infinite; `.iteration`: the 1-based iteration whose step it would have been; `.message`: one line."
+    def __init__(self, msg, iteration): super().__init__(msg); self.message, self.iteration = msg, iteration  # fastai prefixes args
 
 def iter_chunks(start, stop, eval_interval):
     "`(a, b)` stretches of iterations from `start` to `stop`, cut at multiples of `eval_interval` (0: one stretch)."

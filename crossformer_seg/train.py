@@ -275,8 +275,9 @@ def run_train(args):
     except NonFiniteLoss as e:
         if main_proc:
             last = latest_checkpoint(work_dir)
-            print_error(f'{e}; ' + (f'the last complete checkpoint is {last}: resume with --resume {work_dir}' if last
-                                    else 'no checkpoint was written'))
+            print(flush=True)   # end the progress bar's line
+            print_error(f'{e.message}; ' + (f'the last complete checkpoint is {last}: resume with --resume {work_dir}' if last
+                                            else 'no checkpoint was written'))
         return 1
     if main_proc:
         if run['check_ranks'] and state.num_processes > 1:

@@ -201,6 +201,14 @@ def test_pretrained_backbone_and_finished_run(capsys, tmp_path, demo, finished_r
     assert rc == 0 and 'pretrained: loaded' in out and 'into model.backbone' in out, out
 
 
+def test_non_finite_loss_stops_with_one_line(capsys, tmp_path, demo):
+    "A learning rate of 1e12 blows the weights up after the first step: the run stops at iteration 2, iter_1 stays."
+    rc, err = cli(capsys, **small(demo, tmp_path/'w', iters=6, checkpoint_interval=1, lr=1e12))
+    assert rc == 1 and err == [f'error: loss is nan at iteration 2; training stopped; the last complete checkpoint is '
+                               f'{tmp_path/"w"/"iter_1"}: resume with --resume {tmp_path/"w"}'], err
+    assert [n for n, _ in find_checkpoints(tmp_path/'w')] == [1] and not (tmp_path/'w'/'final.safetensors').exists()
+
+
 # --- exact resume after SIGKILL ----------------------------------------------------------------------------------------
 
 def train_cmd(demo, work, iters, extra=()):
@@ -268,12 +276,14 @@ def test_resume_after_kill_at_a_random_moment(demo, tmp_path, trial):
     t0 = time.time()
     while not find_checkpoints(work) and p.poll() is None: time.sleep(0.05)
     first = time.time() - t0
-    time.sleep(random.Random(trial).uniform(0, first))   # anywhere in the rest of the run, checkpoint writes included
+    delay = random.Random(trial).uniform(0, first)   # anywhere in the rest of the run, checkpoint writes included
+    time.sleep(delay)
     p.send_signal(signal.SIGKILL); p.communicate()
-    done = [n for n, _ in find_checkpoints(work)]
+    done, partial = [n for n, _ in find_checkpoints(work)], sorted(q.name for q in work.glob('.iter_*'))
     rc, out = finish(launch(['--resume', str(work)]))
     assert rc == 0, out
-    print(f'trial {trial}: killed after {first:.1f} + s with checkpoints {done}; resumed to {n2}')
+    print(f'trial {trial}: SIGKILL {delay:.1f} s after the first checkpoint (at {first:.1f} s); complete checkpoints {done}, '
+          f'half-written {partial or "none"}; resumed to {n2}: identical')
     assert_same_result(ref, work, n2)
 
 @slow
