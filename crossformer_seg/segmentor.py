@@ -209,8 +209,9 @@ def _check_finite(t, fn, what):
     nan, inf = nonfinite_counts(t)
     if nan or inf:
         bad = (~torch.isfinite(t)).flatten(1).any(1).nonzero()[:, 0].tolist()
-        raise NonFiniteError(f'{fn}: {what} has non-finite values ({nan} NaN, {inf} inf) in image{"s" * (len(bad) > 1)} '
-                             f'{", ".join(map(str, bad[:5]))}{" ..." * (len(bad) > 5)} of the batch of {len(t)}')
+        where = '' if len(t) == 1 else (f' in image{"s" * (len(bad) > 1)} {", ".join(map(str, bad[:5]))}{" ..." * (len(bad) > 5)}'
+                                        f' of the batch of {len(t)}')
+        raise NonFiniteError(f'{fn}: {what} has non-finite values ({nan} NaN, {inf} inf){where}')
 
 def _slide(model, img, crop_size, stride):
     (hc, wc), (hs, ws) = crop_size, stride
