@@ -87,7 +87,7 @@ def _strip_module(sd):
 def read_checkpoint(path, verify=True) -> Checkpoint:
     "Read the state dict in the checkpoint file `path` (any format above) without executing pickled code; `verify` the content hash."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f'checkpoint not found: {path}')
+    if not path.is_file(): raise FileNotFoundError(f'checkpoint {path} is a folder, not a file' if path.is_dir() else f'checkpoint not found: {path}')
     kind, ignored, meta = _file_kind(path), [], {}
     if kind is None: raise ValueError(f'cannot read checkpoint {path}: unknown file format (neither safetensors nor a torch file)')
     try:

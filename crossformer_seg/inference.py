@@ -47,7 +47,7 @@ def collect_images(inputs, exts=None):
     exts = IMAGE_EXTS if exts is None else exts
     out = []
     for p in map(Path, inputs):
-        if p.is_dir(): out += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in exts)
+        if p.is_dir(): out += sorted(f for f in p.iterdir() if (f.is_file() or f.is_symlink() and not f.exists()) and f.suffix.lower() in exts)
         else: out.append(p)
     return out
 
@@ -101,13 +101,18 @@ def parse_device(name, arg='--device'):
     if device.type == 'cuda' and not torch.cuda.is_available(): raise UsageError(f'{arg} {name}: CUDA is not available')
     return device
 
+def _check_checkpoint_file(checkpoint):
+    "`UsageError` unless `checkpoint` is a file."
+    if not Path(checkpoint).is_file():
+        raise UsageError(f'--checkpoint {checkpoint}: ' + ('is a folder, not a file' if Path(checkpoint).is_dir() else 'checkpoint not found'))
+
 def load_segmentor(config, checkpoint, device='cpu', nonfinite='error'):
     "Build the named `config` and load `checkpoint` strictly (a whole segmentor, finite weights); `UsageError` otherwise."
     from crossformer_seg.segmentor import build_segmentor, resolve_config
     from crossformer_seg.checkpoint import load_checkpoint, CheckpointMismatch
     try: resolve_config(config)
     except ValueError as e: raise UsageError(f'--config {config}: {e}') from None
-    if not Path(checkpoint).is_file(): raise UsageError(f'--checkpoint {checkpoint}: checkpoint not found')
+    _check_checkpoint_file(checkpoint)
     model = build_segmentor(config)
     try: rep = load_checkpoint(model, checkpoint, strict=True, nonfinite=nonfinite)
     except CheckpointMismatch as e: raise UsageError(str(e)) from None
@@ -130,7 +135,7 @@ def run_predict(args):
     from crossformer_seg.segmentor import resolve_config
     try: resolve_config(args.config)
     except ValueError as e: raise UsageError(f'--config {args.config}: {e}') from None
-    if not Path(args.checkpoint).is_file(): raise UsageError(f'--checkpoint {args.checkpoint}: checkpoint not found')
+    _check_checkpoint_file(args.checkpoint)
     paths = collect_images(args.images)
     if not paths: raise UsageError(f'no images found in {", ".join(map(str, args.images))}')
     out, stems = Path(args.out), output_stems(paths)
