@@ -293,9 +293,9 @@ def _cell(x, digits=1, unit=''):
     return '-' if x is None or pd.isna(x) else f'{x:.{digits}f}{unit}'
 
 def table_markdown(df):
-    "Markdown of a `results_table`: cells as the paper prints them, 'paper' where the IoU is the paper's, then the notes."
+    "Markdown of a `results_table`: cells as the paper prints them, 'paper' where the IoU is the paper's, a source column, the notes."
     cols = [c for c in ('Backbone', 'Iterations', 'Params (M)', 'FLOPs (G)', 'FLOPs 512x2048 (G)', 'IoU', 'MS IoU') if c in df]
-    lines = ['| ' + ' | '.join(cols) + ' |', '|' + '|'.join(':---' if c == 'Backbone' else '---:' for c in cols) + '|']
+    lines = ['| ' + ' | '.join(cols) + ' | Source |', '|' + '|'.join(':---' if c == 'Backbone' else '---:' for c in cols) + '|:---|']
     for _, r in df.iterrows():
         cells = []
         for c in cols:
@@ -306,6 +306,10 @@ def table_markdown(df):
             elif c == 'Params (M)': cells.append(_cell(r[c], unit='M'))
             elif c.startswith('FLOPs'): cells.append(_cell(r[c], unit='G'))
             else: cells.append(str(r[c]))
+        if r['Params/FLOPs'] == 'computed':
+            ious = dict.fromkeys(r[f'{c} from'] for c in cols if c.endswith('IoU'))
+            cells.append('Params/FLOPs counted here; IoU: ' + ', '.join(ious))
+        else: cells.append(r['Params/FLOPs'])
         lines.append('| ' + ' | '.join(cells) + ' |')
     notes = df.attrs.get('notes', [])
     return '\n'.join(lines + ([''] + [f'{n}  ' for n in notes] if notes else []))
@@ -314,19 +318,26 @@ def table_markdown(df):
 def plot_tradeoff(df, title='', path=None):
     "IoU against GFLOPs (3x1024x1024) and against parameters for every row with an IoU; saved to `path` when given."
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     fig, axs = plt.subplots(1, 2, figsize=(11, 4.2))
     d = df[df['IoU'].notna()]
+    synthetic = d['Backbone'].str.contains('synthetic')
     for ax, col, label in [(axs[0], 'FLOPs (G)', 'GFLOPs (3 x 1024 x 1024)'), (axs[1], 'Params (M)', 'Params (M)')]:
-        for _, r in d.iterrows():
-            ours, synthetic = r['Params/FLOPs'] == 'computed', 'synthetic' in r['Backbone']
+        for (_, r), synth in zip(d.iterrows(), synthetic):
+            ours = r['Params/FLOPs'] == 'computed'
             color = 'tab:red' if ours else 'tab:gray'
             ax.scatter(r[col], r['IoU'], s=40, marker='o' if ours else 's', edgecolors=color,
-                       facecolors='none' if synthetic else color, zorder=3)
-            ax.annotate(r['Backbone'], (r[col], r['IoU']), textcoords='offset points', xytext=(5, 3), fontsize=8)
+                       facecolors='none' if synth else color, zorder=3)
+            ax.annotate(r['Backbone'], (r[col], r['IoU']), textcoords='offset points', fontsize=8,
+                        xytext=(5, 4) if ours else (5, -11))  # ours above, literature below: no label over a marker
         if d[col].max() / d[col].min() > 20: ax.set_xscale('log')  # a demo row sits far left of the paper's models
         ax.set_xlabel(label); ax.set_ylabel('mIoU (%)'); ax.grid(alpha=0.3)
         ax.margins(x=0.15, y=0.12)
+    keys = [Line2D([], [], marker='o', ls='', color='tab:red', label='CrossFormer: params and FLOPs counted here'),
+            Line2D([], [], marker='s', ls='', color='tab:gray', label='literature values')]
+    if synthetic.any(): keys.append(Line2D([], [], marker='o', ls='', color='tab:red', mfc='none', label='demo (synthetic data)'))
+    fig.legend(handles=keys, fontsize=8, loc='lower center', ncol=len(keys), frameon=False)
     if title: fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     if path: fig.savefig(path, dpi=100, metadata={'Software': None})
     return fig
