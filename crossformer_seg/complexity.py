@@ -130,7 +130,7 @@ def count_params_flops(model, input_shape=(3, 1024, 1024), convention='original'
                 flops_split=flops, flops_by_op=dict(by_op), skipped_ops=skipped,
                 input_shape=input_shape, convention=convention)
 
-# %% ../nbs/12_complexity.ipynb #c029
+# %% ../nbs/12_complexity.ipynb #c030
 CACHE_SHAPES = ((3, 1024, 1024), (3, 512, 2048))
 CACHE_ENTRIES = {  # cache key -> (config name, backbone overrides)
     **{name: (name, {}) for name in SEG_CONFIGS if 'crossformer' in name},
@@ -146,7 +146,7 @@ def config_sha256(name_or_config, **overrides):
     cfg = resolve_config(name_or_config, **overrides)
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
 
-# %% ../nbs/12_complexity.ipynb #c031
+# %% ../nbs/12_complexity.ipynb #c033
 def complexity_record(name, shapes=CACHE_SHAPES, **overrides):
     "A cache entry: params of config `name` (with backbone `overrides`) and, per input shape, FLOPs in both conventions."
     with torch.device('meta'): model = build_segmentor(name, **overrides)
@@ -164,7 +164,7 @@ def write_complexity_cache(records, path):
     "Write cache `records` (key -> `complexity_record`) to `path` as sorted JSON with the versions that made them."
     import fvcore
     data = dict(description='Params and FLOPs (one multiply-add = one FLOP, batch 1) of the named segmentors, written by '
-                            'crossformer_seg.complexity.write_complexity_cache; regenerate with the slow cell of nbs/12_complexity.ipynb.',
+                            'crossformer_seg.complexity.write_complexity_cache; regenerate with the slow cells of nbs/12_complexity.ipynb.',
                 software={'torch': torch.__version__.split('+')[0], 'fvcore': getattr(fvcore, '__version__', 'unknown')},
                 models=records)
     with atomic_write(path, 'complexity cache') as tmp: Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True) + '\n')
@@ -174,12 +174,12 @@ def read_complexity_cache(path):
     "The cache's `models` dict (key -> record)."
     return json.loads(Path(path).read_text())['models']
 
-# %% ../nbs/12_complexity.ipynb #c034
+# %% ../nbs/12_complexity.ipynb #c038
 def paper_round(x, digits=1):
     "`x` rounded half up to `digits` decimals (Python's `round` rounds half to even)."
     return float(Decimal(repr(float(x))).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP))
 
-# %% ../nbs/12_complexity.ipynb #c042
+# %% ../nbs/12_complexity.ipynb #c055
 def complexity_arguments(p):
     "Arguments of `crossformer-seg complexity`."
     p.add_argument('--config', required=True, help='named model config, e.g. fpn_crossformer_s, upernet_crossformer_b')
@@ -221,7 +221,7 @@ def run_complexity(args):
     print(f'counted in {time.time() - t0:.1f} s')
     return 0
 
-# %% ../nbs/12_complexity.ipynb #c050
+# %% ../nbs/12_complexity.ipynb #c065
 def find_eval_results(roots=('results', 'work_dirs')):
     "Evaluation JSON files under the folders `roots`, recursively: dicts with a `config` name and an `mIoU`, plus their `path`."
     found = []
@@ -243,7 +243,7 @@ def is_demo_result(r):
     "Whether evaluation `r` comes from the demo: a `tiny_*` config or the synthetic demo dataset."
     return r['config'].startswith('tiny') or bool(r.get('demo')) or 'demo' in str(r.get('data_root', '')).lower()
 
-# %% ../nbs/12_complexity.ipynb #c053
+# %% ../nbs/12_complexity.ipynb #c070
 def _cost_columns(rec):
     "Params (M) and GFLOPs at both shapes, one decimal, from a cache record."
     f = lambda shape: paper_round(rec['flops'][shape]['original']['flops'] / 1e9)
@@ -288,7 +288,7 @@ def results_table(rows, cache, evals=(), ms=False, head=None):
     df.attrs['notes'] = notes
     return df
 
-# %% ../nbs/12_complexity.ipynb #c055
+# %% ../nbs/12_complexity.ipynb #c072
 def _cell(x, digits=1, unit=''):
     return '-' if x is None or pd.isna(x) else f'{x:.{digits}f}{unit}'
 
@@ -314,7 +314,7 @@ def table_markdown(df):
     notes = df.attrs.get('notes', [])
     return '\n'.join(lines + ([''] + [f'{n}  ' for n in notes] if notes else []))
 
-# %% ../nbs/12_complexity.ipynb #c057
+# %% ../nbs/12_complexity.ipynb #c074
 def plot_tradeoff(df, title='', path=None):
     "IoU against GFLOPs (3x1024x1024) and against parameters for every row with an IoU; saved to `path` when given."
     import matplotlib.pyplot as plt
