@@ -17,9 +17,10 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_terminal_summary(terminalreporter):
     "List the seconds each notebook took in a kernel (the `kernel_seconds` property of test_notebooks_kernel)."
-    rows = [(r.nodeid.split('[')[-1].rstrip(']'), dict(r.user_properties)['kernel_seconds'])
-            for r in terminalreporter.stats.get('passed', []) if r.when == 'call' and 'kernel_seconds' in dict(r.user_properties)]
+    rows = sorted((r.nodeid.split('[')[-1].rstrip(']'), dict(r.user_properties)['kernel_seconds'], outcome)
+                  for outcome in ('passed', 'failed') for r in terminalreporter.stats.get(outcome, [])
+                  if r.when == 'call' and 'kernel_seconds' in dict(r.user_properties))
     if not rows: return
     terminalreporter.write_sep('-', 'notebooks in a Jupyter kernel')
-    for name, s in rows: terminalreporter.write_line(f'{s:8.1f} s  {name}')
-    terminalreporter.write_line(f'{sum(s for _, s in rows):8.1f} s  total')
+    for name, s, outcome in rows: terminalreporter.write_line(f'{s:8.1f} s  {name}  {outcome}')
+    terminalreporter.write_line(f'{sum(s for _, s, _ in rows):8.1f} s  total')

@@ -24,5 +24,5 @@ def test_notebook_runs_in_kernel(nb_path, record_property):
     client = nbclient.NotebookClient(nb, timeout=TIMEOUT, kernel_name='python3',
                                      resources={'metadata': {'path': str(nb_path.parent)}})
     t0 = time.time()
-    client.execute()   # raises CellExecutionError naming the cell and the traceback
-    record_property('kernel_seconds', round(time.time() - t0, 1))   # listed at the end of the run (conftest.py)
+    try: client.execute()   # raises CellExecutionError naming the cell and the traceback
+    finally: record_property('kernel_seconds', round(time.time() - t0, 1))   # listed at the end of the run (conftest.py)
