@@ -318,12 +318,10 @@ class CrossFormer(nn.Module):
         outs = []
         for i, layer in enumerate(self.layers[:max_index + 1] if stop_early else self.layers):
             out, x, (h, w) = layer(x, H, W)
-            if i == last and self.norm is not None:
-                normed = self.norm(out)              # the final norm belongs to the last stage only
-                final = normed
-            else: final = out
+            # the final norm belongs to the last stage only: for the final tokens, and for its map if `norm`
+            final = self.norm(out) if i == last and self.norm is not None and (norm or not intermediates_only) else out
             if i in take:
-                o = normed if norm and i == last else out
+                o = final if norm else out
                 outs.append(o.transpose(1, 2).reshape(o.shape[0], -1, H, W))
             H, W = h, w
         if intermediates_only: return outs
@@ -409,7 +407,7 @@ def checkpoint_filter_fn(state_dict, model=None):
 def _cfg(**kw):
     return dict(url='', num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=.9,
                 interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                first_conv='patch_embed.projs.0', classifier='head', license='mit', **kw)
+                first_conv='patch_embed.projs.0', classifier='head', **kw)
 
 # no hub weights: the original ImageNet files load with `pretrained_cfg_overlay=dict(file=...)` or `checkpoint.load_checkpoint`
 default_cfgs = generate_default_cfgs({f'crossformer_{v}.in1k': _cfg() for v in 'tsbl'})
