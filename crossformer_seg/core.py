@@ -7,10 +7,13 @@ __all__ = ['plain_tensor', 'UsageError', 'ImageReadError', 'print_error', 'run_c
            'remove_stale_temporaries', 'check_writable_dir', 'check_parent', 'atomic_write', 'atomic_dir']
 
 # %% ../nbs/00_core.ipynb #c002
-import argparse, os, re, shutil, sys, tempfile
+import argparse, os, re, shutil, sys, tempfile, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import torch
+
+# %% ../nbs/00_core.ipynb #c003x
+warnings.filterwarnings('ignore', message=r'`torch.jit.script` is deprecated', category=FutureWarning)
 
 # %% ../nbs/00_core.ipynb #c005
 def plain_tensor(t):
@@ -65,6 +68,11 @@ def _default_mode():
 
 def _temp_name(path): return path.with_name(f'.{path.name}.{os.getpid()}.tmp')
 
+def _remove(p):
+    "Delete the file or folder `p` if there is one."
+    if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink(): os.remove(p)
+
 def remove_stale_temporaries(path):
     "Delete `.NAME.PID.tmp` files beside `path` left by writers that were killed (their process no longer exists)."
     path = Path(path)
@@ -73,8 +81,7 @@ def remove_stale_temporaries(path):
     gone = []
     for p in path.parent.iterdir():
         m = pat.match(p.name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            (shutil.rmtree if p.is_dir() and not p.is_symlink() else os.remove)(p); gone.append(p)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))): _remove(p); gone.append(p)
     return gone
 
 def check_writable_dir(path, what='output folder'):
@@ -85,6 +92,13 @@ def check_writable_dir(path, what='output folder'):
         raise UsageError(f'{what} {path}: ' + ('is a file, not a folder' if probe == path else f'{probe} is a file, not a folder'))
     if not os.access(probe, os.W_OK | os.X_OK): raise UsageError(f'{what} {path}: folder {probe} is not writable')
     return path
+
+def _prepare(path, what):
+    "Check and make the parent of `path`, clear stale temporaries; return `path` and this process's (empty) temporary name."
+    path = check_parent(path, what)
+    remove_stale_temporaries(path)
+    tmp = _temp_name(path); _remove(tmp)
+    return path, tmp
 
 def check_parent(path, what='output'):
     "Make the parent folder of `path`; a clear `UsageError` when a parent is a file or not writable."
@@ -98,9 +112,7 @@ def check_parent(path, what='output'):
 @contextmanager
 def atomic_write(path, what='output'):
     "Context manager yielding a temporary path beside `path`; on success it is synced and renamed to `path`, else removed."
-    path = check_parent(path, what)
-    remove_stale_temporaries(path)
-    tmp = _temp_name(path)
+    path, tmp = _prepare(path, what)
     try:
         yield tmp
         if tmp.is_file():
@@ -108,18 +120,13 @@ def atomic_write(path, what='output'):
             os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
-        if tmp.is_dir() and not tmp.is_symlink(): shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists(): os.remove(tmp)
-        raise
+        _remove(tmp); raise
 
 # %% ../nbs/00_core.ipynb #c017
 @contextmanager
 def atomic_dir(path, what='output folder'):
     "Context manager yielding a fresh temporary folder beside `path`; on success it replaces `path` (an old one is removed)."
-    path = check_parent(path, what)
-    remove_stale_temporaries(path)
-    tmp = _temp_name(path)
-    if tmp.exists(): shutil.rmtree(tmp)
+    path, tmp = _prepare(path, what)
     tmp.mkdir()
     try:
         yield tmp
@@ -129,7 +136,6 @@ def atomic_dir(path, what='output folder'):
             old = path.with_name(f'.{path.name}.{os.getpid()}.old.tmp')
             os.replace(path, old)
         os.replace(tmp, path)
-        if old is not None: shutil.rmtree(old, ignore_errors=True) if old.is_dir() else os.remove(old)
+        if old is not None: _remove(old)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _remove(tmp); raise

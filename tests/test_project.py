@@ -59,14 +59,6 @@ def test_cli_help_lists_commands():
     import crossformer_seg
     assert r.returncode == 0 and r.stdout.strip() == f'crossformer-seg {crossformer_seg.__version__}'
 
-def test_docs_site_builds_offline():
-    import build_docs
-    out = build_docs.build()
-    index = (out / 'index.html').read_text()
-    assert '<title>' in index and 'crossformer_seg' in index and 'Long short distance attention' in index
-    api = (out / '01_backbone.html').read_text()
-    assert 'CrossFormer backbone' in api and 'CrossScaleEmbedding' in api and 'DynamicPosBias' in api
-
 def test_imports_in_their_own_cells():
     "nbdev-proc-nbs runs every cell that imports, on its own, to build the docs: such cells must hold imports only."
     import json, ast
@@ -79,22 +71,6 @@ def test_imports_in_their_own_cells():
             if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree)) and \
                not all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body): bad.append(f'{nb.name}:{c.get("id")}')
     assert not bad, f'cells mixing imports with other code: {bad}'
-
-CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-                  '--disable-component-update', '--disable-sync', '--no-first-run']
-
-@pytest.mark.skipif(not __import__('shutil').which('chromium'), reason='chromium not installed (Debian package `chromium`)')
-def test_docs_pages_render_in_chromium(tmp_path):
-    "The built pages load in a real browser: the rendered DOM holds the page titles and the sidebar."
-    import build_docs
-    out = ROOT / '_docs'
-    if not (out / 'index.html').exists(): build_docs.build()
-    for page, title in [('index.html', 'crossformer_seg'), ('01_backbone.html', 'CrossFormer backbone')]:
-        r = subprocess.run(['chromium', *CHROMIUM_FLAGS, f'--user-data-dir={tmp_path}', '--dump-dom', (out / page).as_uri()],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr[-2000:]
-        assert f'>{title}<' in r.stdout, f'{page}: title {title!r} not in the rendered page'
-        assert 'sidebar' in r.stdout
 
 def test_readme_images_exist():
     import re
