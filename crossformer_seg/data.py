@@ -4,12 +4,13 @@
 
 # %% auto #0
 __all__ = ['ADE20K_CLASSES', 'ADE20K_PALETTE', 'NUM_CLASSES', 'IGNORE_INDEX', 'IMG_MEAN', 'IMG_STD', 'IMAGE_EXTS', 'SPLITS',
-           'reduce_zero_label', 'colorize', 'read_image', 'read_label', 'read_pair', 'ADEPair', 'ade20k_items',
-           'check_sizes', 'epoch_order', 'item_rng', 'IterSampler', 'ADEDataLoader', 'overlay', 'show_masks',
-           'ade20k_datablock', 'ade20k_dls']
+           'reduce_zero_label', 'colorize', 'read_image', 'read_label', 'read_pair', 'image_size_problem', 'ADEPair',
+           'ade20k_items', 'check_sizes', 'epoch_order', 'item_rng', 'IterSampler', 'ADEDataLoader', 'overlay',
+           'show_masks', 'ade20k_datablock', 'ade20k_dls']
 
 # %% ../nbs/06_data.ipynb #c002
 import math, random, secrets
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,11 +19,11 @@ import torch
 from PIL import Image, ImageOps
 import matplotlib.pyplot as plt
 
-from fastai.data.block import DataBlock, TransformBlock
-from fastai.data.core import TfmdDL, DataLoaders
 from .core import ImageReadError
 from .transforms import (IGNORE_INDEX, IMG_MEAN, IMG_STD, PairTransform, AlignResizeNormalize, train_transforms,
-                                        denormalize, resize_image, normalize, align_resize, align_size)
+                                        denormalize, resize_image, normalize, align_resize, align_size, rescale_size, ratio_scale)
+from fastai.data.block import DataBlock, TransformBlock
+from fastai.data.core import TfmdDL, DataLoaders
 
 # %% ../nbs/06_data.ipynb #c005
 ADE20K_CLASSES = (
@@ -172,6 +173,18 @@ def read_pair(image_path, label_path, reduce=True):
     label = read_label(label_path, image_path, reduce=reduce)
     return read_image(image_path), label
 
+# %% ../nbs/06_data.ipynb #c021b
+def image_size_problem(w, h, img_scale=(2048, 512), ratio=1.0):
+    "Why a `w x h` image cannot be resized keeping its ratio into `ratio_scale(img_scale, ratio)` (a sentence), or None if it can."
+    if w < 1 or h < 1: return f'is {w}x{h}: an image needs at least one pixel'
+    scale = ratio_scale(img_scale, ratio)
+    nw, nh = rescale_size(w, h, scale)
+    if min(nw, nh) >= 1: return None
+    at = f' (ratio {ratio} of {img_scale[0]}x{img_scale[1]})' if ratio != 1 else ''
+    return (f'is {w}x{h}, too {"wide" if w > h else "tall"} for the pipeline: resized to fit {scale[0]}x{scale[1]}{at} it would be '
+            f'{nw}x{nh}; both sides of the resized image must be >= 1 pixel, so the long side may be at most '
+            f'{2 * max(scale)} times the short one')
+
 # %% ../nbs/06_data.ipynb #c023
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 SPLITS = ('training', 'validation')
@@ -196,10 +209,9 @@ def _files(folder, exts):
 def ade20k_items(root, split='training'):
     "The (image, label) pairs of one split of an `ADEChallengeData2016` folder, sorted by name, checked for pairing."
     root = Path(root)
-    if not root.is_dir(): raise FileNotFoundError(f'ADE20K root folder {root} does not exist')
     img_dir, lbl_dir = root/'images'/split, root/'annotations'/split
-    for d in (img_dir, lbl_dir):
-        if not d.is_dir(): raise FileNotFoundError(f'ADE20K split folder {d} does not exist')
+    for what, d in (('root', root), ('split', img_dir), ('split', lbl_dir)):
+        if not d.is_dir(): raise FileNotFoundError(f'ADE20K {what} folder {d} ' + ('is a file, not a folder' if d.exists() else 'does not exist'))
     imgs, lbls = _files(img_dir, IMAGE_EXTS), _files(lbl_dir, ('.png',))
     if not imgs: raise ValueError(f'ADE20K split folder {img_dir} has no images')
     no_lbl, no_img = sorted(set(imgs) - set(lbls)), sorted(set(lbls) - set(imgs))
@@ -255,7 +267,16 @@ class IterSampler:
                                 f'rank={self.rank}, accum={self.accum})')
 
 # %% ../nbs/06_data.ipynb #c054
-def _get_image(p): return torch.from_numpy(np.asarray(read_image(p.image)).copy()).permute(2, 0, 1).contiguous()
+def _get_image(p, img_scale=(2048, 512), min_ratio=1.0):
+    "The item's image as a uint8 (3, H, W) tensor; refused, naming the file, when the pipeline cannot resize it (`image_size_problem`)."
+    im = read_image(p.image)
+    if (why := image_size_problem(*im.size, img_scale, min_ratio)): raise ImageReadError(p.image, why)
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).contiguous()
+
+class _ItemImage:
+    "`get_x` of the ADE20K `DataBlock`: `_get_image` with the smallest ratio of the item's pipeline (training or test)."
+    def __init__(self, img_scale, ratio_range): self.img_scale, self.min_ratio = img_scale, min(ratio_range)
+    def __call__(self, p): return _get_image(p, self.img_scale, self.min_ratio if p.split == 'training' else 1.0)
 def _get_label(p): return torch.from_numpy(read_label(p.label, p.image))
 def _is_valid(p): return p.split == 'validation'
 
@@ -337,7 +358,7 @@ def _all_items(root):
 
 def ade20k_datablock(crop_size=(512, 512), img_scale=(2048, 512), ratio_range=(0.5, 2.0), cat_max_ratio=0.75):
     "fastai `DataBlock` for an `ADEChallengeData2016` folder: training pipeline on `training`, AlignResize on `validation`."
-    return DataBlock(blocks=(TransformBlock, TransformBlock), get_items=_all_items, get_x=_get_image, get_y=_get_label,
+    return DataBlock(blocks=(TransformBlock, TransformBlock), get_items=_all_items, get_x=_ItemImage(img_scale, ratio_range), get_y=_get_label,
                      splitter=_ade_splitter, dl_type=ADEDataLoader, n_inp=1,
                      item_tfms=train_transforms(crop_size, img_scale, ratio_range, cat_max_ratio) +
                                [AlignResizeNormalize(img_scale)])

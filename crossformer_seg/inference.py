@@ -7,14 +7,14 @@ __all__ = ['AUG_TEST_RATIOS', 'preprocess_image', 'segment_image', 'collect_imag
            'save_image', 'predict_arguments', 'parse_device', 'load_segmentor', 'run_predict']
 
 # %% ../nbs/08_inference.ipynb #c002
-import os
+import os, traceback
 from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from .core import UsageError, ImageReadError, atomic_write, check_writable_dir, print_error
+from .core import UsageError, ImageReadError, NonFiniteError, atomic_write, check_writable_dir, print_error
 from .transforms import align_resize, normalize, ratio_scale
-from .data import IMAGE_EXTS, ADE20K_PALETTE, read_image, overlay, _to_rgb
+from .data import IMAGE_EXTS, ADE20K_PALETTE, read_image, overlay, image_size_problem, _to_rgb
 from .segmentor import inference
 
 # %% ../nbs/08_inference.ipynb #c005
@@ -24,6 +24,7 @@ def preprocess_image(img, img_scale=(2048, 512), size_divisor=32):
     if isinstance(img, Image.Image): img = np.asarray(_to_rgb(img))
     a = np.asarray(img)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3: raise ValueError(f'expected an RGB uint8 (H, W, 3) image, got {a.dtype} with shape {a.shape}')
+    if (why := image_size_problem(a.shape[1], a.shape[0], img_scale)): raise ValueError(f'preprocess_image: the image {why}')
     t = torch.from_numpy(np.require(a, requirements=['C', 'W'])).permute(2, 0, 1)  # copies only read-only/strided arrays
     return normalize(align_resize(t, img_scale, size_divisor))[None], tuple(t.shape[-2:])
 
@@ -46,7 +47,7 @@ def collect_images(inputs, exts=None):
     exts = IMAGE_EXTS if exts is None else exts
     out = []
     for p in map(Path, inputs):
-        if p.is_dir(): out += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in exts)
+        if p.is_dir(): out += sorted(f for f in p.iterdir() if (f.is_file() or f.is_symlink() and not f.exists()) and f.suffix.lower() in exts)
         else: out.append(p)
     return out
 
@@ -100,15 +101,20 @@ def parse_device(name, arg='--device'):
     if device.type == 'cuda' and not torch.cuda.is_available(): raise UsageError(f'{arg} {name}: CUDA is not available')
     return device
 
-def load_segmentor(config, checkpoint, device='cpu'):
-    "Build the named `config` and load `checkpoint` strictly (a whole segmentor, not a backbone); `UsageError` otherwise."
+def _check_checkpoint_file(checkpoint):
+    "`UsageError` unless `checkpoint` is a file."
+    if not Path(checkpoint).is_file():
+        raise UsageError(f'--checkpoint {checkpoint}: ' + ('is a folder, not a file' if Path(checkpoint).is_dir() else 'checkpoint not found'))
+
+def load_segmentor(config, checkpoint, device='cpu', nonfinite='error'):
+    "Build the named `config` and load `checkpoint` strictly (a whole segmentor, finite weights); `UsageError` otherwise."
     from crossformer_seg.segmentor import build_segmentor, resolve_config
     from crossformer_seg.checkpoint import load_checkpoint, CheckpointMismatch
     try: resolve_config(config)
     except ValueError as e: raise UsageError(f'--config {config}: {e}') from None
-    if not Path(checkpoint).is_file(): raise UsageError(f'--checkpoint {checkpoint}: checkpoint not found')
+    _check_checkpoint_file(checkpoint)
     model = build_segmentor(config)
-    try: rep = load_checkpoint(model, checkpoint, strict=True)
+    try: rep = load_checkpoint(model, checkpoint, strict=True, nonfinite=nonfinite)
     except CheckpointMismatch as e: raise UsageError(str(e)) from None
     except (FileNotFoundError, ValueError) as e: raise UsageError(f'--checkpoint {checkpoint}: {e}') from None
     if rep.target != 'model':  # an ImageNet / backbone-only file would leave the heads untrained
@@ -116,13 +122,20 @@ def load_segmentor(config, checkpoint, device='cpu'):
     return model.to(device).eval()
 
 # %% ../nbs/08_inference.ipynb #c023
+def _failure(e):
+    "The reason an image could not be segmented, in one line."
+    if isinstance(e, NonFiniteError): return f'{str(e).removeprefix("inference: ")}; nothing written for it'
+    if isinstance(e, (ValueError, ImageReadError)): return str(e)
+    if isinstance(e, MemoryError): return 'out of memory'
+    return f'{type(e).__name__}: {" ".join(str(e).split())[:300]}'
+
 def run_predict(args):
     "Segment `args.images` with `args.config` + `args.checkpoint` into `args.out`; exit code 0 ok, 1 some images failed."
     device = parse_device(args.device)
     from crossformer_seg.segmentor import resolve_config
     try: resolve_config(args.config)
     except ValueError as e: raise UsageError(f'--config {args.config}: {e}') from None
-    if not Path(args.checkpoint).is_file(): raise UsageError(f'--checkpoint {args.checkpoint}: checkpoint not found')
+    _check_checkpoint_file(args.checkpoint)
     paths = collect_images(args.images)
     if not paths: raise UsageError(f'no images found in {", ".join(map(str, args.images))}')
     out, stems = Path(args.out), output_stems(paths)
@@ -132,14 +145,20 @@ def run_predict(args):
     check_writable_dir(out, '--out')   # all checks before the model is built
     model = load_segmentor(args.config, args.checkpoint, device)
     out.mkdir(parents=True, exist_ok=True)
+    ratios = AUG_TEST_RATIOS if args.aug_test else None
     failed = []
-    for path, stem in zip(paths, stems):
+    for path, stem in zip(paths, stems):   # one image's failure is reported and skipped; the others go on
         try: img = read_image(path)
         except ImageReadError as e: print_error(f'cannot read {path}: {e.reason}'); failed.append(path); continue
-        labels = segment_image(model, img, args.mode, AUG_TEST_RATIOS if args.aug_test else None, args.aug_test, device)
-        save_image(label_png(labels, ADE20K_PALETTE), out/f'{stem}.png')
-        save_image(side_by_side(img, labels), out/f'{stem}_overlay.jpg', quality=90)
+        try:
+            if (why := image_size_problem(*img.size, ratio=min(ratios or [1.0]))): raise ValueError(f'the image {why}')
+            labels = segment_image(model, img, args.mode, ratios, args.aug_test, device)
+            save_image(label_png(labels, ADE20K_PALETTE), out/f'{stem}.png')
+            save_image(side_by_side(img, labels), out/f'{stem}_overlay.jpg', quality=90)
+        except Exception as e:   # KeyboardInterrupt is not an Exception: Ctrl-C still stops the job
+            if getattr(args, 'debug', False): traceback.print_exc()
+            print_error(f'cannot segment {path}: {_failure(e)}'); failed.append(path); continue
         print(f'{path} -> {out/stem}.png, {out/stem}_overlay.jpg', flush=True)
     print(f'{len(paths) - len(failed)} of {len(paths)} images segmented into {out}'
-          + (f'; {len(failed)} unreadable: {", ".join(map(str, failed))}' if failed else ''), flush=True)
+          + (f'; {len(failed)} failed: {", ".join(map(str, failed))}' if failed else ''), flush=True)
     return 1 if failed else 0
