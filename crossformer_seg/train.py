@@ -12,17 +12,17 @@ import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 # %% ../nbs/11_train.ipynb #c004
-import argparse, json, math, sys, time
+import argparse, json, sys, time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .core import UsageError, ImageReadError, atomic_write, check_writable_dir, command_main, print_error
+from .core import UsageError, atomic_write, check_writable_dir, command_main, print_error
 from .segmentor import SEG_CONFIGS, resolve_config, build_segmentor
 from .checkpoint import load_checkpoint, CheckpointMismatch
-from .data import ade20k_dls, ade20k_items, ADE20K_CLASSES, overlay, colorize, read_image, read_label
+from .data import ade20k_dls, ade20k_items, overlay, read_image, read_label
 from .learner import (RECIPES, get_recipe, recipe_name, seg_learner, latest_checkpoint, read_training_state,
                                      checkpoint_iteration, NonFiniteLoss, RankCheck)
 from .metrics import rank_world
