@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['MIN_INPUT_SIZE', 'CROSSFORMER_VARIANTS', 'ORIGINAL_BUFFER_SUFFIXES', 'default_cfgs', 'cross_scale_dims',
            'CrossScaleEmbedding', 'CrossScaleMerging', 'DynamicPosBias', 'relative_offsets', 'short_distance_groups',
-           'short_distance_ungroup', 'long_distance_groups', 'long_distance_ungroup', 'attention_layout',
-           'LSDAttention', 'CrossFormerBlock', 'CrossFormerStage', 'CrossFormer', 'check_against_compact',
-           'CrossFormerClassifier', 'checkpoint_filter_fn', 'crossformer_t', 'crossformer_s', 'crossformer_b',
-           'crossformer_l', 'crossformer_backbone']
+           'short_distance_ungroup', 'long_distance_groups', 'long_distance_ungroup', 'attention_layout', 'layout_args',
+           'group_index', 'LSDAttention', 'CrossFormerBlock', 'CrossFormerStage', 'CrossFormer',
+           'check_against_compact', 'CrossFormerClassifier', 'checkpoint_filter_fn', 'crossformer_t', 'crossformer_s',
+           'crossformer_b', 'crossformer_l', 'crossformer_backbone']
 
 # %% ../nbs/01_backbone.ipynb #c002
 import math
@@ -53,10 +53,11 @@ class CrossScaleMerging(nn.Module):
 
     def forward(self, x, H, W):
         B, L, C = x.shape
-        x = self.norm(x).transpose(1, 2).reshape(B, C, H, W)
-        x = torch.cat([r(x) for r in self.reductions], dim=1)
+        x = self.norm(x).transpose(1, 2).reshape(B, C, H, W)          # a channels-last view of the tokens: no copy
+        cl = torch.channels_last   # channels-last weights keep the convolutions channels-last (for B=1 too): 2-3x faster on CPU
+        x = torch.cat([F.conv2d(x, r.weight.contiguous(memory_format=cl), r.bias, r.stride, r.padding) for r in self.reductions], 1)
         H, W = x.shape[-2:]
-        return x.flatten(2).transpose(1, 2), (H, W)
+        return x.flatten(2).transpose(1, 2).contiguous(), (H, W)       # contiguous tokens for the next stage
 
 # %% ../nbs/01_backbone.ipynb #c014
 class DynamicPosBias(nn.Module):
@@ -72,19 +73,24 @@ class DynamicPosBias(nn.Module):
         return self.pos3(self.pos2(self.pos1(self.pos_proj(offsets))))
 
 # %% ../nbs/01_backbone.ipynb #c015
-@lru_cache(maxsize=64)
-def _relative_tables(Gh, Gw):
-    offs = torch.stack(torch.meshgrid(torch.arange(1 - Gh, Gh), torch.arange(1 - Gw, Gw), indexing='ij'))
-    offsets = offs.flatten(1).t().float()                              # ((2Gh-1)(2Gw-1), 2): all (dy, dx)
-    coords = torch.stack(torch.meshgrid(torch.arange(Gh), torch.arange(Gw), indexing='ij')).flatten(1)
-    rel = coords[:, :, None] - coords[:, None, :]                      # (2, N, N): offset of query i to key j
-    index = (rel[0] + Gh - 1) * (2 * Gw - 1) + (rel[1] + Gw - 1)       # row of `offsets` for every pair
+def _tracing():
+    "True while `torch.compile`, `torch.export` or the ONNX exporter trace the model: sizes may be symbolic, no Python caches."
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+def _relative_tables(Gh, Gw, device=None):
+    p = torch.arange(Gh * Gw, device=device)
+    ys, xs = p // Gw, p % Gw                                           # grid position of every token of the group
+    dy, dx = torch.arange(1 - Gh, Gh, device=device), torch.arange(1 - Gw, Gw, device=device)
+    offsets = torch.stack(torch.meshgrid(dy, dx, indexing='ij'), -1).reshape(-1, 2).float()  # ((2Gh-1)(2Gw-1), 2)
+    index = (ys[:, None] - ys[None] + Gh - 1) * (2 * Gw - 1) + (xs[:, None] - xs[None] + Gw - 1)  # (N, N) rows of `offsets`
     return offsets, index
+
+_cached_relative_tables = lru_cache(maxsize=128)(_relative_tables)
 
 def relative_offsets(Gh, Gw, device=None):
     "All relative offsets `(dy, dx)` of a `Gh x Gw` group, shape `((2Gh-1)(2Gw-1), 2)`, and the `N x N` index into them."
-    offsets, index = _relative_tables(int(Gh), int(Gw))
-    return offsets.to(device), index.to(device)
+    if _tracing() or not (isinstance(Gh, int) and isinstance(Gw, int)): return _relative_tables(Gh, Gw, device)
+    return _cached_relative_tables(Gh, Gw, torch.device(device or 'cpu'))  # built once per size and device; read-only
 
 # %% ../nbs/01_backbone.ipynb #c018
 def short_distance_groups(x, G):
@@ -118,9 +124,66 @@ def attention_layout(H, W, group_size, interval, long_distance):
     group = (size, size) if kind == 'SDA' else (Hp // size, Wp // size)
     return kind, size, pad_b, pad_r, group
 
+def layout_args(H, W, group_size, interval, long_distance):
+    "`attention_layout`'s choice as integers `(sda, size)` (`sda` 1 or 0), computed without branches so H, W may be symbolic."
+    m = torch.sym_min(H, W)
+    if not long_distance: return 1, torch.sym_min(group_size, m)
+    small = torch.sym_min(group_size // m, 1)                        # 1 when min(H, W) <= G: SDA over the short side
+    return small, small * m + (1 - small) * interval
+
+# %% ../nbs/01_backbone.ipynb #c026b
+def group_index(H, W, sda, size, batch=1, device=None, plain_first=False):
+    "Gather indices of one attention layout: `(gather, scatter, pad, (Gh, Gw))` (see the text below); tensor ops only."
+    nH, nW = (H + size - 1) // size, (W + size - 1) // size          # the padded map is (nH*size) x (nW*size)
+    lda = 1 - sda
+    nGh, nGw = sda * nH + lda * size, sda * nW + lda * size            # groups down and across
+    Gh, Gw = sda * size + lda * nH, sda * size + lda * nW              # tokens of one group down and across
+    a, b = sda * size + lda, sda + lda * size                          # map row = a * (group row) + b * (row in group)
+    g, p = torch.arange(nGh * nGw, device=device), torch.arange(Gh * Gw, device=device)
+    rows = (g // nGw * a)[:, None] + (p // Gw * b)[None]               # (nG, N): where every slot sits on the padded map
+    cols = (g % nGw * a)[:, None] + (p % Gw * b)[None]
+    pad = (rows >= H) | (cols >= W)
+    token = torch.where(pad, 0, rows * W + cols)                       # a padded slot reads token 0: masked as a key, dropped as a query
+    r, c = torch.arange(H, device=device), torch.arange(W, device=device)
+    slot = ((r // a % nGh * nGw * Gh + r // b % Gh) * Gw)[:, None] + (c // a % nGw * Gh * Gw + c // b % Gw)[None]
+    slot, N, L = slot.reshape(-1), Gh * Gw, H * W                      # (H*W,): the slot of every token
+    if plain_first:                                                    # groups without padding first: they share one mask
+        order = torch.argsort(pad.any(1).to(torch.uint8), stable=True)
+        token, pad = token[order], pad[order]
+        slot = torch.argsort(order)[slot // N] * N + slot % N
+    i = torch.arange(batch, device=device)                             # the images of a batch sit inside each group
+    gather = (token[:, None] + i[None, :, None] * L).reshape(-1)       # (nG * batch * N,) rows of the (batch*H*W, C) tokens
+    scatter = (slot // N * batch * N + slot % N + i[:, None] * N).reshape(-1)  # (batch * H*W,) rows of the grouped tokens
+    return gather, scatter, pad, (Gh, Gw)
+
+@lru_cache(maxsize=64)
+def _eager_group_index(H, W, sda, size, batch, device):
+    gather, scatter, pad, group = group_index(H, W, sda, size, batch, device, plain_first=True)
+    return gather, scatter, pad, group, int((~pad.any(1)).sum())      # ... and the number of groups without padding
+
+# %% ../nbs/01_backbone.ipynb #c027b
+class _CPUAttention(torch.autograd.Function):
+    "`softmax(q k^T * scale + mask) v` on CPU: the fused kernel forward, and a backward that gives `mask` its gradient too."
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0., False, attn_mask=mask, scale=scale)
+        ctx.save_for_backward(q, k, v, mask, out, lse)                 # no N x N tensor is kept for backward
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, mask, out, lse = ctx.saved_tensors
+        p = (q @ k.transpose(-2, -1)).mul_(ctx.scale).add_(mask).sub_(lse.unsqueeze(-1)).exp_()  # probabilities, recomputed
+        dv = p.transpose(-2, -1) @ do
+        ds = (do @ v.transpose(-2, -1)).sub_((do * out).sum(-1, keepdim=True)).mul_(p)          # gradient of the logits
+        del p
+        dq, dk = (ds @ k).mul_(ctx.scale), (ds.transpose(-2, -1) @ q).mul_(ctx.scale)
+        return dq, dk, dv, ds.sum_to_size(mask.shape) if ctx.needs_input_grad[3] else None, None
+
 # %% ../nbs/01_backbone.ipynb #c028
 class LSDAttention(nn.Module):
-    "Multi-head attention within groups with dynamic position bias; `forward(x, group_hw, key_mask)`."
+    "Multi-head attention within SDA/LDA groups with dynamic position bias; `forward(x, H, W, sda, size)` on `(B, H*W, C)` tokens."
     def __init__(self, dim, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0., proj_drop=0., use_sdpa=True):
         super().__init__()
         self.dim, self.num_heads = dim, num_heads
@@ -132,34 +195,55 @@ class LSDAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.use_sdpa = use_sdpa
+        self._bias_cache = {}    # DPB tables by size while no gradient is recorded; keyed by the weights' versions
 
     def position_bias(self, Gh, Gw, device):
-        "DPB for a `Gh x Gw` group: `(num_heads, N, N)`."
+        "DPB for a `Gh x Gw` group: `(num_heads, N, N)`, contiguous."
+        w, key = self.pos.pos_proj.weight, None
+        if not (_tracing() or torch.is_autocast_enabled(device.type) or (torch.is_grad_enabled() and w.requires_grad)):
+            try: key = (Gh, Gw, device, w.dtype, tuple((p.data_ptr(), p._version) for p in self.pos.parameters()))
+            except RuntimeError: pass                                  # inference tensors have no version counter
+            if key in self._bias_cache: return self._bias_cache[key]
         offsets, index = relative_offsets(Gh, Gw, device)
-        pos = self.pos(offsets.to(self.pos.pos_proj.weight.dtype))
         N = Gh * Gw
-        return pos[index.reshape(-1)].reshape(N, N, -1).permute(2, 0, 1)
+        bias = self.pos(offsets.to(w.dtype)).t().index_select(1, index.reshape(-1)).view(-1, N, N)
+        if key is not None:
+            if len(self._bias_cache) >= 8: self._bias_cache.clear()
+            self._bias_cache[key] = bias
+        return bias
 
-    def forward(self, x, group_hw, key_mask=None):
-        "`x`: `(B*nG, N, C)`; `key_mask`: `(nG, N)` bool, True for padded tokens (or None)."
-        B_, N, C = x.shape
-        qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        bias = self.position_bias(*group_hw, x.device).unsqueeze(0)   # (1, h, N, N)
-        if key_mask is not None:
-            nG = key_mask.shape[0]
-            neg = key_mask.to(x.dtype) * -1e6                            # additive: padded keys get -1e6
-            bias = (bias.unsqueeze(0) + neg[None, :, None, None, :]).expand(B_ // nG, -1, -1, -1, -1)
-            bias = bias.reshape(B_, self.num_heads, N, N)
-        if self.use_sdpa:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
-                                               dropout_p=self.attn_drop.p if self.training else 0., scale=self.scale)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1) + bias
-            attn = self.attn_drop(attn.softmax(dim=-1))
-            x = attn @ v
-        x = x.transpose(1, 2).reshape(B_, N, C)
-        return self.proj_drop(self.proj(x))
+    def _sdpa(self, q, k, v, mask):
+        if (q.device.type == 'cpu' and torch.is_grad_enabled() and (q.requires_grad or mask.requires_grad)
+                and q.dtype == mask.dtype == torch.float32 and not _tracing()):
+            return _CPUAttention.apply(q, k, v, mask, self.scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=self.scale)
+
+    def attend(self, q, k, v, bias, pad, n_plain, batch):
+        "`softmax(q k^T * scale + bias + mask) v` of group-major `(nG*batch, h, N, d)` q, k, v -> `(nG*batch*N, h*d)`."
+        nGB, h, N, d = q.shape
+        if not self.use_sdpa or (self.training and self.attn_drop.p > 0):
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).view(-1, batch, h, N, N) + bias
+            if n_plain == 0 or n_plain < pad.shape[0]: attn.add_(pad.to(attn.dtype)[:, None, None, None, :] * -1e6)  # padded keys
+            attn = self.attn_drop(attn.softmax(dim=-1)).view(nGB, h, N, N)
+            return (attn @ v).transpose(1, 2).reshape(-1, h * d)
+        P, parts = n_plain * batch, []
+        if P: parts.append(self._sdpa(q[:P], k[:P], v[:P], bias.unsqueeze(0)))         # one broadcast mask
+        if P == 0 or P < nGB:                                          # (short-circuits: no symbolic comparison while tracing)
+            mask = bias + pad[n_plain:].to(bias.dtype)[:, None, None, :] * -1e6       # (nPad, h, N, N)
+            parts.append(self._sdpa(q[P:], k[P:], v[P:], mask.repeat_interleave(batch, 0)))
+        o = torch.cat([o.transpose(1, 2) for o in parts]) if len(parts) > 1 else parts[0].transpose(1, 2)
+        return o.reshape(-1, h * d)
+
+    def forward(self, x, H, W, sda, size):
+        "`x`: `(B, H*W, C)` tokens; `sda`, `size`: the layout (see `layout_args`). Returns `(B, H*W, C)`."
+        B, L, C = x.shape
+        if _tracing(): (gather, scatter, pad, (Gh, Gw)), n_plain = group_index(H, W, sda, size, B, x.device), 0
+        else: gather, scatter, pad, (Gh, Gw), n_plain = _eager_group_index(H, W, sda, size, B, x.device)
+        N, h = Gh * Gw, self.num_heads
+        xg = x.reshape(B * L, C).index_select(0, gather)              # (nG*B*N, C): padded and grouped in one copy
+        q, k, v = self.qkv(xg).view(-1, N, 3, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)   # (nG*B, h, N, d)
+        o = self.attend(q, k, v, self.position_bias(Gh, Gw, x.device), pad, n_plain, B)
+        return self.proj_drop(self.proj(o)).index_select(0, scatter).view(B, L, C)   # ungrouped and cropped in one copy
 
 # %% ../nbs/01_backbone.ipynb #c030
 class CrossFormerBlock(nn.Module):
@@ -179,25 +263,20 @@ class CrossFormerBlock(nn.Module):
         "The attention layout this block uses on an `H x W` map (see `attention_layout`)."
         return attention_layout(H, W, self.group_size, self.interval, self.long_distance)
 
+    def residual(self, x, y):
+        "`x + DropPath(y)`: in one pass (`addcmul` with the per-sample keep mask) while training, else added into `y`."
+        p = getattr(self.drop_path, 'drop_prob', 0.)
+        if not (self.training and p > 0): return y.add_(x) if y.dtype == x.dtype else x + y
+        keep = 1 - p
+        mask = y.new_empty((y.shape[0],) + (1,) * (y.ndim - 1)).bernoulli_(keep)
+        return torch.addcmul(x, y, mask.div_(keep) if getattr(self.drop_path, 'scale_by_keep', True) else mask)
+
     def forward(self, x, H, W):
         B, L, C = x.shape
         if L != H * W: raise ValueError(f'CrossFormerBlock: got {L} tokens for a {H}x{W} map')
-        kind, size, pad_b, pad_r, group_hw = self.layout(H, W)
-        shortcut = x
-        x = self.norm1(x).reshape(B, H, W, C)
-        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        Hp, Wp = H + pad_b, W + pad_r
-        group, ungroup = ((short_distance_groups, short_distance_ungroup) if kind == 'SDA'
-                          else (long_distance_groups, long_distance_ungroup))
-        key_mask = None
-        if pad_b or pad_r:
-            pad = torch.zeros(1, Hp, Wp, 1, dtype=torch.bool, device=x.device)
-            pad[:, H:], pad[:, :, W:] = True, True
-            key_mask = group(pad, size)[..., 0]                         # (nG, N)
-        x = ungroup(self.attn(group(x, size), group_hw, key_mask), size, Hp, Wp)
-        x = x[:, :H, :W].reshape(B, H * W, C)
-        x = shortcut + self.drop_path(x)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        sda, size = layout_args(H, W, self.group_size, self.interval, self.long_distance)
+        x = self.residual(x, self.attn(self.norm1(x), H, W, sda, size))
+        return self.residual(x, self.mlp(self.norm2(x)))
 
 # %% ../nbs/01_backbone.ipynb #c032
 class CrossFormerStage(nn.Module):

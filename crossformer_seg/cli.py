@@ -20,6 +20,8 @@ def _pkg_version():
 
 # %% ../nbs/14_cli.ipynb #c005
 COMMANDS = {  # name -> (module that owns the job, one-line help)
+    'demo': ('crossformer_seg.train', 'make the synthetic demo dataset, train a small CrossFormer on it on the CPU, evaluate it'),
+    'train': ('crossformer_seg.train', "train a named segmentor with the paper's recipe (also under `accelerate launch`)"),
     'predict': ('crossformer_seg.inference', 'segment images with a trained model; write label PNGs and overlays'),
     'complexity': ('crossformer_seg.complexity', "count a named model's parameters and FLOPs (the paper's counting convention)"),
     'test': ('crossformer_seg.metrics', 'evaluate a trained model on a split: per-class IoU/Acc, aAcc/mIoU/mAcc and an eval JSON'),

@@ -1,0 +1,228 @@
+"""Segmentor speed and memory as ratios to this machine's own fp32 GEMM rate, measured in one run.
+
+For a named config (default `fpn_crossformer_s`): the eval forward at 1x3x512x512 and the training step at 2x3x512x512
+(forward, `SegLoss`, backward, AdamW step), for each attention path, with and without gradient checkpointing. Reports
+median times, the model's multiply-adds by the original's convention (conv/linear layers, the DPB MLP and the two
+attention matmuls; LayerNorm, GELU, softmax, adds and interpolation not counted), the rate of a 2048^3 fp32 matmul
+measured before and after, their ratios, and the peak resident memory of the training step (each configuration runs
+in a fresh subprocess, so the peak is its own). CPU numbers from a shared machine: look at the load line, and compare
+ratios, not absolute times.
+
+Usage: `python benchmarks/bench_model.py [--config fpn_crossformer_s] [--threads 2] [--paths sdpa explicit]
+[--json bench.json]`; `--device cuda` times bf16 autocast + SDPA (+ `torch.compile` with `--compile`) against fp32 eager
+and reports train images/s and model FLOP utilisation against `--peak-tflops`.
+"""
+import argparse, json, os, resource, statistics, subprocess, sys, time
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _sync(device):
+    if device.type == 'cuda': torch.cuda.synchronize()
+
+
+def median_time(fn, reps, warmup=1, device=torch.device('cpu')):
+    "Median and all wall-clock seconds of `reps` calls of `fn` after `warmup` calls."
+    for _ in range(warmup): fn()
+    ts = []
+    for _ in range(reps):
+        _sync(device); t0 = time.perf_counter(); fn(); _sync(device)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts), ts
+
+
+def gemm_rate(device, n=2048, reps=7, dtype=torch.float32):
+    "Multiply-adds per second of an `n x n @ n x n` matmul (median of `reps`)."
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    t, _ = median_time(lambda: a @ b, reps, warmup=2, device=device)
+    return n ** 3 / t
+
+
+def count_macs(model, x):
+    "Multiply-adds of one eval forward by the original's convention, counted with fvcore on the explicit attention path."
+    try:
+        from crossformer_seg.complexity import count_macs as _cm   # the project's counter, where it exists
+        return int(_cm(model, x))
+    except ImportError: pass
+    from fvcore.nn import FlopCountAnalysis
+    bb = model.backbone
+    bb.set_attention_path(False)
+    fca = FlopCountAnalysis(model, x)
+    # the original's counter (mmcv) sees conv/linear/pool layers only, plus the attention matmuls added by hand
+    fca.set_op_handle(**{k: None for k in ['aten::batch_norm', 'aten::layer_norm', 'aten::group_norm',
+                                          'aten::instance_norm', 'aten::upsample_nearest2d', 'aten::upsample_bilinear2d',
+                                          'aten::adaptive_avg_pool2d', 'aten::grid_sampler']})
+    fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings('none')
+    with torch.no_grad(): return int(fca.total())
+
+
+def build(config, path, ckpt, device, train):
+    from crossformer_seg.segmentor import build_segmentor
+    torch.manual_seed(0)
+    m = build_segmentor(config).to(device)
+    m.backbone.set_attention_path(path == 'sdpa')
+    m.set_grad_checkpointing(ckpt)
+    return m.train(train)
+
+
+def child(a):
+    "One measurement in this fresh process: eval forward or training step; prints a JSON line."
+    torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    from crossformer_seg.segmentor import SegLoss
+    m = build(a.config, a.path, a.ckpt, dev, a.mode == 'train')
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16)
+    if a.compile: m = torch.compile(m)
+    g = torch.Generator().manual_seed(0)
+    if a.mode == 'eval':
+        x = torch.randn(a.batch, 3, *a.size, generator=g).to(dev)
+        def step():
+            with torch.inference_mode(), amp: m(x)
+    else:
+        x = torch.randn(a.batch, 3, *a.size, generator=g).to(dev)
+        y = torch.randint(0, 150, (a.batch, *a.size), generator=g).to(dev)
+        opt, loss_fn = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=1e-4), SegLoss()
+        def step():
+            with amp: loss = loss_fn(m(x), y)
+            loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+    for _ in range(a.warmup): step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # the warm-up steps set the peak (AdamW state included)
+    # a GEMM probe right before and after every timed step: on a shared machine the capacity changes by the second
+    n, A, Bm = 2048, torch.randn(2048, 2048, device=dev), torch.randn(2048, 2048, device=dev)
+    def probe():
+        t, _ = median_time(lambda: A @ Bm, 3, warmup=1, device=dev)
+        return n ** 3 / t
+    ts, rates = [], []
+    for _ in range(a.reps):
+        g0 = probe()
+        _sync(dev); t0 = time.perf_counter(); step(); _sync(dev)
+        ts.append(time.perf_counter() - t0); rates.append((g0 + probe()) / 2)
+    del A, Bm
+    out = dict(time_s=statistics.median(ts), times_s=ts, gemm_rates=rates,
+               peak_rss_gib=peak, peak_rss_gib_with_probes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
+    if dev.type == 'cuda': out['peak_cuda_gib'] = torch.cuda.max_memory_allocated() / 2 ** 30
+    print('RESULT ' + json.dumps(out))
+
+
+def run_child(a, **kw):
+    args = [sys.executable, os.path.abspath(__file__), '--_child', '--config', a.config, '--threads', str(a.threads),
+            '--device', a.device]
+    for k, v in kw.items():
+        if isinstance(v, bool):
+            if v: args.append(f'--{k}')
+        elif isinstance(v, (list, tuple)): args += [f'--{k}', *map(str, v)]
+        else: args += [f'--{k}', str(v)]
+    r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': str(a.threads)})
+    lines = [l for l in r.stdout.splitlines() if l.startswith('RESULT ')]
+    if r.returncode or not lines: raise RuntimeError(f'benchmark child failed ({" ".join(args)}):\n{r.stderr[-3000:]}')
+    return json.loads(lines[-1][7:])
+
+
+def loadavg():
+    try: return os.getloadavg()
+    except OSError: return (float('nan'),) * 3
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--config', default='fpn_crossformer_s')
+    p.add_argument('--size', type=int, nargs=2, default=(512, 512), metavar=('H', 'W'))
+    p.add_argument('--eval-batch', type=int, default=1)
+    p.add_argument('--train-batch', type=int, default=2)
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--paths', nargs='+', default=['sdpa', 'explicit'])
+    p.add_argument('--eval-reps', type=int, default=7)
+    p.add_argument('--train-reps', type=int, default=5)
+    p.add_argument('--repeats', type=int, default=1, help='run every configuration this many times (fresh processes), report the median')
+    p.add_argument('--no-ckpt', action='store_true', help='skip the gradient-checkpointing rows')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--compile', action='store_true', help='cuda: also time torch.compile of the segmentor')
+    p.add_argument('--peak-tflops', type=float, default=989., help='cuda: dense bf16 peak for FLOP utilisation (H100 SXM: 989)')
+    p.add_argument('--json', default=None, help='write the results here')
+    # child-process arguments
+    p.add_argument('--_child', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument('--mode', default='eval', help=argparse.SUPPRESS)
+    p.add_argument('--path', default='sdpa', help=argparse.SUPPRESS)
+    p.add_argument('--ckpt', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument('--bf16', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument('--batch', type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument('--reps', type=int, default=5, help=argparse.SUPPRESS)
+    p.add_argument('--warmup', type=int, default=2, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a._child: return child(a)
+    torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    if dev.type == 'cuda': return main_cuda(a, dev)
+
+    load0 = loadavg()
+    gemm0 = gemm_rate(dev)
+    from crossformer_seg.segmentor import build_segmentor
+    macs = count_macs(build_segmentor(a.config).eval(), torch.randn(a.eval_batch, 3, *a.size))
+    rows = []
+    configs = [('eval', pth, False) for pth in a.paths] + [('train', pth, False) for pth in a.paths]
+    if not a.no_ckpt: configs += [('train', pth, True) for pth in a.paths]
+    for mode, pth, ck in configs:
+        batch = a.eval_batch if mode == 'eval' else a.train_batch
+        reps = a.eval_reps if mode == 'eval' else a.train_reps
+        res = [run_child(a, mode=mode, path=pth, ckpt=ck, batch=batch, reps=reps, size=a.size,
+                         warmup=2) for _ in range(a.repeats)]
+        t = statistics.median(r['time_s'] for r in res)
+        n_macs = macs * batch * (1 if mode == 'eval' else 3)
+        ratios = [n_macs / x / g for r in res for x, g in zip(r['times_s'], r['gemm_rates'])]
+        rows.append(dict(mode=mode, path=pth, grad_ckpt=ck, batch=batch, time_s=t,
+                         times_s=[x for r in res for x in r['times_s']],
+                         gemm_probe_rates=[x for r in res for x in r['gemm_rates']],
+                         ratio_to_probe=statistics.median(ratios),
+                         peak_rss_gib=statistics.median(r['peak_rss_gib'] for r in res), macs=n_macs))
+        print(f'  {mode:5s} {pth:8s} ckpt={ck!s:5s} {t * 1e3:8.0f} ms  x probe GEMM {rows[-1]["ratio_to_probe"]:.2f}  '
+              f'peak RSS {rows[-1]["peak_rss_gib"]:.2f} GiB  load {loadavg()[0]:.1f}', flush=True)
+    gemm1 = gemm_rate(dev)
+    load1 = loadavg()
+    gemm = (gemm0 + gemm1) / 2
+    for r in rows: r['macs_per_s'] = r['macs'] / r['time_s']; r['ratio_to_gemm'] = r['macs_per_s'] / gemm
+    result = dict(config=a.config, size=list(a.size), threads=a.threads, device=str(dev), torch=torch.__version__,
+                  model_macs_eval_batch1=macs // a.eval_batch, gemm_macs_per_s_before=gemm0, gemm_macs_per_s_after=gemm1,
+                  loadavg_before=load0, loadavg_after=load1, rows=rows)
+    print(f'\n{a.config} {a.size[0]}x{a.size[1]}, {a.threads} threads, torch {torch.__version__}; '
+          f'model {macs / a.eval_batch / 1e9:.2f} GMACs per image (original convention; train counts 3x)')
+    print(f'fp32 GEMM 2048^3: {gemm0 / 1e9:.1f} GMAC/s before, {gemm1 / 1e9:.1f} after; '
+          f'load average {load0[0]:.2f} before, {load1[0]:.2f} after')
+    print('x GEMM: model MACs/s over the mean of the two whole-run GEMM rates; x probe: median over the timed steps of '
+          'MACs/s over a GEMM probe taken right before and after that step')
+    print(f'{"mode":6s}{"path":9s}{"ckpt":6s}{"batch":>6s}{"median ms":>11s}{"GMAC/s":>9s}{"x GEMM":>8s}{"x probe":>9s}{"peak RSS GiB":>14s}')
+    for r in rows:
+        print(f'{r["mode"]:6s}{r["path"]:9s}{"yes" if r["grad_ckpt"] else "no":6s}{r["batch"]:6d}{r["time_s"] * 1e3:11.0f}'
+              f'{r["macs_per_s"] / 1e9:9.1f}{r["ratio_to_gemm"]:8.2f}{r["ratio_to_probe"]:9.2f}{r["peak_rss_gib"]:14.2f}')
+    if a.json:
+        with open(a.json, 'w') as f: json.dump(result, f, indent=1)
+    return result
+
+
+def main_cuda(a, dev):
+    "GPU: fp32 eager vs bf16 autocast (+ torch.compile) train throughput at `--train-batch`, and eval time."
+    gemm = gemm_rate(dev, n=8192, dtype=torch.bfloat16)
+    from crossformer_seg.segmentor import build_segmentor
+    macs = count_macs(build_segmentor(a.config).eval(), torch.randn(1, 3, *a.size))
+    rows = []
+    variants = [('fp32 eager', False, False), ('bf16 eager', True, False)] + ([('bf16 compile', True, True)] if a.compile else [])
+    for name, bf16, comp in variants:
+        for mode in ('eval', 'train'):
+            batch = a.eval_batch if mode == 'eval' else a.train_batch
+            r = run_child(a, mode=mode, path=a.paths[0], ckpt=False, batch=batch, reps=10, size=a.size, bf16=bf16,
+                          compile=comp, warmup=3 if comp else 2)
+            flops = 2 * macs * batch * (1 if mode == 'eval' else 3)
+            rows.append(dict(variant=name, mode=mode, batch=batch, time_s=r['time_s'], images_per_s=batch / r['time_s'],
+                             mfu=flops / r['time_s'] / (a.peak_tflops * 1e12), peak_cuda_gib=r.get('peak_cuda_gib')))
+            print(f'{name:14s}{mode:6s} batch {batch:3d} {r["time_s"] * 1e3:8.1f} ms {batch / r["time_s"]:8.1f} img/s '
+                  f'MFU {rows[-1]["mfu"]:.3f}', flush=True)
+    base = next(r for r in rows if r['variant'] == 'fp32 eager' and r['mode'] == 'train')['images_per_s']
+    for r in rows:
+        if r['mode'] == 'train': print(f'{r["variant"]:14s} train speed-up over fp32 eager: {r["images_per_s"] / base:.2f}x')
+    result = dict(config=a.config, device=torch.cuda.get_device_name(), bf16_gemm_macs_per_s=gemm, model_macs=macs, rows=rows)
+    if a.json:
+        with open(a.json, 'w') as f: json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == '__main__': main()
