@@ -26,11 +26,9 @@ from fastai.callback.progress import ProgressCallback
 from fastai.optimizer import OptimWrapper
 from safetensors.torch import load_file as _st_load, save_file as _st_save
 
-from .core import atomic_dir, atomic_write, plain_tensor, remove_stale_temporaries
-from .heads import resize
+from .core import atomic_dir, atomic_write, remove_stale_temporaries
 from .segmentor import SegLoss, build_segmentor
 from .checkpoint import save_checkpoint, load_checkpoint, unwrap_model
-from .transforms import IGNORE_INDEX
 from .data import ADEDataLoader, IterSampler
 from .metrics import SegMetrics, miou_metrics, rank_world, all_reduce_sum
 

@@ -12,17 +12,17 @@ import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 # %% ../nbs/11_train.ipynb #c004
-import argparse, json, math, sys, time
+import argparse, json, sys, time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .core import UsageError, ImageReadError, atomic_write, check_writable_dir, command_main, print_error
+from .core import UsageError, atomic_write, check_writable_dir, command_main, print_error
 from .segmentor import SEG_CONFIGS, resolve_config, build_segmentor
 from .checkpoint import load_checkpoint, CheckpointMismatch
-from .data import ade20k_dls, ade20k_items, ADE20K_CLASSES, overlay, colorize, read_image, read_label
+from .data import ade20k_dls, ade20k_items, overlay, read_image, read_label
 from .learner import (RECIPES, get_recipe, recipe_name, seg_learner, latest_checkpoint, read_training_state,
                                      checkpoint_iteration, NonFiniteLoss, RankCheck)
 from .metrics import rank_world
@@ -186,7 +186,7 @@ def _check_numbers(run):
     for k in ('dropout', 'drop_path'):
         if run[k] is not None and not 0 <= run[k] < 1: raise UsageError(f'{_flag(k)} {run[k]}: must be in [0, 1)')
 
-# %% ../nbs/11_train.ipynb #c016
+# %% ../nbs/11_train.ipynb #c017
 def build_model(run):
     "The run's segmentor, initialised from `run['seed']` (and `run['pretrained']` weights, with their report printed)."
     over = {}
@@ -208,7 +208,7 @@ def load_pretrained(model, path, name='the model', quiet=False):
     if not quiet: print(f'pretrained: {rep.summary()}', flush=True)
     return rep
 
-# %% ../nbs/11_train.ipynb #c018
+# %% ../nbs/11_train.ipynb #c019
 def _process_state(device):
     "accelerate's `PartialState` (joins the process group under `accelerate launch`) and this process's device."
     from accelerate import PartialState
@@ -220,7 +220,7 @@ def _process_state(device):
     if state.num_processes > 1 or dev is None: dev = state.device
     return state, dev
 
-# %% ../nbs/11_train.ipynb #c020
+# %% ../nbs/11_train.ipynb #c021
 def _any_process(flag, device):
     "Whether `flag` is true on any process (a collective: every process calls it)."
     if rank_world()[1] == 1: return flag
@@ -287,16 +287,16 @@ def run_train(args):
         print(f'done: {learn.iteration} iterations{best}; final weights {work_dir/"final.safetensors"}', flush=True)
     return 0
 
-# %% ../nbs/11_train.ipynb #c021
+# %% ../nbs/11_train.ipynb #c022
 def main(argv=None):
     "`python -m crossformer_seg.train ...`, also under `accelerate launch -m crossformer_seg.train ...`; returns the exit code."
     return command_main(train_arguments, run_train, argv, prog='python -m crossformer_seg.train',
                         description='Train a CrossFormer segmentor (Semantic FPN / UPerNet) on an ADE20K folder.')
 
-# %% ../nbs/11_train.ipynb #c022
+# %% ../nbs/11_train.ipynb #c023
 if __name__ == '__main__': sys.exit(main())
 
-# %% ../nbs/11_train.ipynb #c026
+# %% ../nbs/11_train.ipynb #c027
 DEMO = dict(config='tiny_fpn', iters=400, batch_size=8, total_batch=8, lr=2e-3, crop_size=[128, 128], img_scale=[512, 128],
             eval_interval=100, checkpoint_interval=100, keep=1, log_interval=20, n_train=32, n_val=8)
 

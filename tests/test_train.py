@@ -2,7 +2,6 @@
 import json, os, random, re, signal, socket, subprocess, sys, time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -10,7 +9,7 @@ from safetensors.torch import load_file
 from crossformer_seg.core import run_command
 from crossformer_seg.demo import make_demo_ade20k
 from crossformer_seg.data import ade20k_dls, IterSampler
-from crossformer_seg.learner import RECIPES, get_recipe, lr_at, no_decay_names, param_groups, find_checkpoints, checkpoint_iteration
+from crossformer_seg.learner import RECIPES, lr_at, no_decay_names, param_groups, find_checkpoints
 from crossformer_seg.segmentor import build_segmentor
 from crossformer_seg.checkpoint import save_checkpoint
 from crossformer_seg import train
@@ -196,9 +195,11 @@ def test_pretrained_backbone_and_finished_run(capsys, tmp_path, demo, finished_r
     assert run['config'] == 'tiny_fpn' and run['iters'] == 2 and run['schedule']['lr'] == 1e-4 and run['model']['backbone']['embed_dim'] == 32
     bb = build_segmentor('tiny_fpn').backbone.state_dict()
     torch.save({'model': {**bb, 'head.weight': torch.zeros(1000, 256), 'head.bias': torch.zeros(1000)}}, tmp_path/'imagenet.pth')
-    rc = run_command(train.run_train, train_args(**small(demo, tmp_path/'w', iters=1, checkpoint_interval=1), pretrained=str(tmp_path/'imagenet.pth')))
+    rc = run_command(train.run_train, train_args(**small(demo, tmp_path/'w', iters=1, checkpoint_interval=1, amp='bf16'),
+                                                 pretrained=str(tmp_path/'imagenet.pth')))
     out = capsys.readouterr().out
-    assert rc == 0 and 'pretrained: loaded' in out and 'into model.backbone' in out, out
+    assert rc == 0 and 'pretrained: loaded' in out and 'into model.backbone' in out, out   # (with bf16 autocast on the CPU)
+    assert json.loads((tmp_path/'w'/'run.json').read_text())['amp'] == 'bf16'
 
 
 def test_non_finite_loss_stops_with_one_line(capsys, tmp_path, demo):
