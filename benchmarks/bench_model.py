@@ -40,21 +40,9 @@ def gemm_rate(device, n=2048, reps=7, dtype=torch.float32):
 
 
 def count_macs(model, x):
-    "Multiply-adds of one eval forward by the original's convention, counted with fvcore on the explicit attention path."
-    try:
-        from crossformer_seg.complexity import count_macs as _cm   # the project's counter, where it exists
-        return int(_cm(model, x))
-    except ImportError: pass
-    from fvcore.nn import FlopCountAnalysis
-    bb = model.backbone
-    bb.set_attention_path(False)
-    fca = FlopCountAnalysis(model, x)
-    # the original's counter (mmcv) sees conv/linear/pool layers only, plus the attention matmuls added by hand
-    fca.set_op_handle(**{k: None for k in ['aten::batch_norm', 'aten::layer_norm', 'aten::group_norm',
-                                          'aten::instance_norm', 'aten::upsample_nearest2d', 'aten::upsample_bilinear2d',
-                                          'aten::adaptive_avg_pool2d', 'aten::grid_sampler']})
-    fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings('none')
-    with torch.no_grad(): return int(fca.total())
+    "Multiply-adds of one eval forward of `model` at `x`'s size by the original's convention (the complexity module's count)."
+    from crossformer_seg.complexity import count_params_flops
+    return count_params_flops(model, tuple(x.shape[1:]), convention='original')['flops'] * x.shape[0]
 
 
 def build(config, path, ckpt, device, train):

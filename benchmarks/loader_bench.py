@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from crossformer_seg.data import ade20k_dls, make_demo_ade20k
+from crossformer_seg.data import ade20k_dls
+from crossformer_seg.demo import make_demo_ade20k
 
 
 def bench(root, workers, bs, crop, epochs, seed):

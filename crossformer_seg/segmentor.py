@@ -7,19 +7,15 @@ __all__ = ['SEG_CONFIGS', 'HEADS', 'EncoderDecoder', 'crossformer_config', 'fpn_
            'build_segmentor', 'SegLoss', 'slide_logits', 'inference', 'predict_labels']
 
 # %% ../nbs/03_segmentor.ipynb #c002
-import copy, inspect
+import copy, inspect, math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .backbone import CrossFormer
+from .core import plain_tensor, NonFiniteError, nonfinite_counts
+from .backbone import CrossFormer, CROSSFORMER_VARIANTS
 from .heads import resize, FPN, FPNHead, UPerHead, FCNHead
 
 # %% ../nbs/03_segmentor.ipynb #c005
-def _plain(t):
-    "`t` as a plain `torch.Tensor` (drops fastai's tensor subclasses, which only slow the network down)."
-    if torch.compiler.is_compiling(): return t   # a tracer's own tensor subclasses must stay as they are (export)
-    return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor else t
-
 class EncoderDecoder(nn.Module):
     "Backbone (+ neck) + decode head (+ auxiliary head), MMSegmentation's `EncoderDecoder` names and semantics."
     def __init__(self, backbone, decode_head, neck=None, auxiliary_head=None, align_corners=False):
@@ -43,7 +39,7 @@ class EncoderDecoder(nn.Module):
 
     def extract_feat(self, x):
         "The backbone's stage maps, through the neck if there is one."
-        feats = self.backbone(_plain(x))
+        feats = self.backbone(plain_tensor(x))
         return self.neck(feats) if self.with_neck else feats
 
     def forward_heads(self, x):
@@ -64,18 +60,12 @@ class EncoderDecoder(nn.Module):
         return resize(out, size, align_corners=self.align_corners), resize(aux, size, align_corners=self.align_corners)
 
 # %% ../nbs/03_segmentor.ipynb #c007
-_CROSSFORMER = {  # backbone variants: the paper's hyper-parameters
-    's': dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2),
-    'b': dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3),
-    'l': dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5),
-    'tiny': dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), drop_path_rate=0.),
-}
 _G14 = dict(group_size=(14, 14, 7, 7), crs_interval=(16, 8, 2, 1))
 _G7 = dict(group_size=(7, 7, 7, 7), crs_interval=(8, 4, 2, 1))
 
 def crossformer_config(variant, group_size, crs_interval):
-    "Backbone part of a config: CrossFormer `variant` ('s', 'b', 'l', 'tiny') with per-stage group sizes and intervals."
-    return dict(type='CrossFormer', **_CROSSFORMER[variant], group_size=group_size, crs_interval=crs_interval)
+    "Backbone part of a config: CrossFormer `variant` (a key of `backbone.CROSSFORMER_VARIANTS`) with per-stage group sizes and intervals."
+    return dict(type='CrossFormer', **CROSSFORMER_VARIANTS[variant], group_size=group_size, crs_interval=crs_interval)
 
 def _stage_dims(backbone): return [backbone['embed_dim'] * 2 ** i for i in range(len(backbone['depths']))]
 
@@ -166,7 +156,7 @@ class SegLoss:
 
     def cross_entropy(self, logits, target):
         "One head's loss: `logits` resized to `target`'s size, CE with `ignore_index`, reduced."
-        logits = resize(_plain(logits), target.shape[-2:], align_corners=self.align_corners)
+        logits = resize(plain_tensor(logits), target.shape[-2:], align_corners=self.align_corners)
         loss = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction='none')  # N x H x W
         valid = (target != self.ignore_index)
         if self.reduction == 'sum': return loss.sum()
@@ -175,27 +165,56 @@ class SegLoss:
         return loss.sum() / valid.sum().clamp_min(1) if self.avg_non_ignore else loss.mean()
 
     def __call__(self, pred, target):
-        target = _plain(target)
+        target = plain_tensor(target)
         if target.ndim == 4: target = target.squeeze(1)
         preds = list(pred) if isinstance(pred, (tuple, list)) else [pred]
         loss = self.cross_entropy(preds[0], target.long())
         for aux in preds[1:]: loss = loss + self.aux_weight * self.cross_entropy(aux, target.long())
         return loss
 
-    def activation(self, x): return F.softmax(_plain(x), dim=1)
+    def activation(self, x): return F.softmax(plain_tensor(x), dim=1)
     def decodes(self, x): return x.argmax(dim=1)
     def __repr__(self): return f'SegLoss(ignore_index={self.ignore_index}, aux_weight={self.aux_weight}, avg_non_ignore={self.avg_non_ignore})'
 
 # %% ../nbs/03_segmentor.ipynb #c026
 def _logits(model, x):
     "Logits at `x`'s size: `encode_decode` of an `EncoderDecoder`, else the model's output resized."
-    out = model.encode_decode(x) if hasattr(model, 'encode_decode') else _plain(model(x))
+    out = model.encode_decode(x) if hasattr(model, 'encode_decode') else plain_tensor(model(x))
     return resize(out, x.shape[-2:], align_corners=getattr(model, 'align_corners', False))
 
-def slide_logits(model, img, crop_size=(512, 512), stride=(341, 341)):
-    "Sliding-window logits at `img`'s size: windows of `crop_size` every `stride`, overlaps averaged (mmseg's `slide_inference`)."
+def _pair(v, name, fn):
+    "`v` (an int or two ints) as a pair of positive ints; a `ValueError` naming `name` otherwise."
+    p = (v, v) if isinstance(v, int) and not isinstance(v, bool) else tuple(v) if isinstance(v, (tuple, list, torch.Size)) else None
+    if p is None or len(p) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in p):
+        raise ValueError(f'{fn}: {name} must be two positive ints (h, w), got {v!r}')
+    return p
+
+def _check_images(img, fn, check_finite=True):
+    "`img` as a plain float N x C x H x W tensor with N, H, W >= 1 (and finite values); one clear `ValueError` otherwise."
+    if not isinstance(img, torch.Tensor):
+        raise ValueError(f'{fn}: img must be a torch.Tensor (N x 3 x H x W, float, normalised), got {type(img).__module__}.{type(img).__name__}; '
+                         'crossformer_seg.inference.preprocess_image turns an image into one')
+    img = plain_tensor(img)
+    if img.ndim != 4: raise ValueError(f'{fn}: img must be N x C x H x W, got shape {tuple(img.shape)}')
+    if not img.is_floating_point():
+        raise ValueError(f'{fn}: img must be a float tensor normalised with the ImageNet mean and std, got {img.dtype}; '
+                         'crossformer_seg.inference.preprocess_image normalises a uint8 image')
+    if img.shape[0] == 0: raise ValueError(f'{fn}: img is an empty batch (shape {tuple(img.shape)})')
+    if min(img.shape[-2:]) == 0: raise ValueError(f'{fn}: img has an empty side (shape {tuple(img.shape)})')
+    if check_finite: _check_finite(img, fn, 'the input image')
+    return img
+
+def _check_finite(t, fn, what):
+    "`NonFiniteError` naming the images of batch `t` that hold NaN or infinite values."
+    nan, inf = nonfinite_counts(t)
+    if nan or inf:
+        bad = (~torch.isfinite(t)).flatten(1).any(1).nonzero()[:, 0].tolist()
+        where = '' if len(t) == 1 else (f' in image{"s" * (len(bad) > 1)} {", ".join(map(str, bad[:5]))}{" ..." * (len(bad) > 5)}'
+                                        f' of the batch of {len(t)}')
+        raise NonFiniteError(f'{fn}: {what} has non-finite values ({nan} NaN, {inf} inf){where}')
+
+def _slide(model, img, crop_size, stride):
     (hc, wc), (hs, ws) = crop_size, stride
-    if min(hc, wc, hs, ws) < 1: raise ValueError(f'slide inference: crop_size {crop_size} and stride {stride} must be positive')
     h, w = img.shape[-2:]
     rows, cols = max(h - hc + hs - 1, 0) // hs + 1, max(w - wc + ws - 1, 0) // ws + 1
     preds, count = None, img.new_zeros((1, 1, h, w))
@@ -209,28 +228,53 @@ def slide_logits(model, img, crop_size=(512, 512), stride=(341, 341)):
             count[..., y1:y2, x1:x2] += 1
     return preds / count
 
-def _scaled(img, ratio, size_divisor=None):
-    "`img` rescaled by `ratio` (bilinear, align_corners False), sides rounded up to `size_divisor` if given."
-    h, w = (int(s * ratio + 0.5) for s in img.shape[-2:])
+def slide_logits(model, img, crop_size=(512, 512), stride=(341, 341)):
+    "Sliding-window logits at `img`'s size: windows of `crop_size` every `stride`, overlaps averaged (mmseg's `slide_inference`)."
+    crop_size, stride = _pair(crop_size, 'crop_size', 'slide_logits'), _pair(stride, 'stride', 'slide_logits')
+    return _slide(model, _check_images(img, 'slide_logits'), crop_size, stride)
+
+def _scaled_size(size, ratio, size_divisor=None):
+    "`(h, w)` of an image of `size` rescaled by `ratio` (`int(s * r + 0.5)`), rounded up to `size_divisor` if given."
+    h, w = (int(s * ratio + 0.5) for s in size)
     if size_divisor: h, w = (-(-s // size_divisor) * size_divisor for s in (h, w))
-    return resize(img, (h, w))
+    return h, w
+
+def _check_ratios(ratios, size, fn):
+    "`ratios` as a list of positive finite numbers that keep both sides of a `size` image >= 1; a `ValueError` otherwise."
+    if ratios is None: return None
+    if isinstance(ratios, (int, float)) or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ratios):
+        raise ValueError(f'{fn}: ratios must be a list of positive numbers, got {ratios!r}')
+    for r in ratios:
+        if not (math.isfinite(r) and r > 0): raise ValueError(f'{fn}: ratios must be positive finite numbers, got {r!r}')
+        if min(_scaled_size(size, r)) < 1:
+            raise ValueError(f'{fn}: ratio {r} makes the {size[0]}x{size[1]} image {"x".join(map(str, _scaled_size(size, r)))}; '
+                             'each ratio must keep both sides >= 1')
+    return list(ratios)
 
 @torch.no_grad()
 def inference(model, img, mode='whole', crop_size=(512, 512), stride=(341, 341), ratios=None, flip=False,
-              out_size=None, size_divisor=None):
+              out_size=None, size_divisor=None, check_finite=True):
     "Logits at `out_size` (default: `img`'s size) by whole-image or sliding-window inference, optionally multi-scale / flipped."
     if mode not in ('whole', 'slide'): raise ValueError(f"inference: mode must be 'whole' or 'slide', got {mode!r}")
-    img = _plain(img)
-    if img.ndim != 4: raise ValueError(f'inference: img must be N x C x H x W, got shape {tuple(img.shape)}')
-    out_size = tuple(img.shape[-2:]) if out_size is None else tuple(out_size)
-    single = (lambda x: _logits(model, x)) if mode == 'whole' else (lambda x: slide_logits(model, x, crop_size, stride))
+    img = _check_images(img, 'inference', check_finite)
+    crop_size, stride = _pair(crop_size, 'crop_size', 'inference'), _pair(stride, 'stride', 'inference')
+    out_size = tuple(img.shape[-2:]) if out_size is None else _pair(out_size, 'out_size', 'inference')
+    if size_divisor is not None and not (isinstance(size_divisor, int) and size_divisor >= 1):
+        raise ValueError(f'inference: size_divisor must be a positive int or None, got {size_divisor!r}')
+    ratios = _check_ratios(ratios, tuple(img.shape[-2:]), 'inference')
+    param = next((q for q in model.parameters() if q.is_floating_point()), None)
+    if param is not None and img.dtype != param.dtype: img = img.to(param.dtype)   # float64 / float16 input into a float32 model
+    def single(x):
+        out = _logits(model, x) if mode == 'whole' else _slide(model, x, crop_size, stride)
+        if check_finite: _check_finite(out, 'inference', "the model's output (logits)")
+        return out
     was_training = model.training
     model.eval()
     try:
         if not ratios and not flip: return resize(single(img), out_size)
         probs, n = 0., 0
         for r in (ratios or [1.0]):
-            x = img if r == 1 and not size_divisor else _scaled(img, r, size_divisor)
+            x = img if r == 1 and not size_divisor else resize(img, _scaled_size(img.shape[-2:], r, size_divisor))
             for f in ([False, True] if flip else [False]):
                 p = resize(single(x.flip(-1) if f else x), out_size).float().softmax(1)
                 probs, n = probs + (p.flip(-1) if f else p), n + 1

@@ -1,5 +1,5 @@
 """Project checks that are not about one notebook: README in sync, package in sync, CLI, docs site."""
-import subprocess, sys, re
+import json, shutil, subprocess, sys, re
 from pathlib import Path
 import pytest
 
@@ -18,13 +18,36 @@ def test_readme_drift_is_detected(tmp_path):
     (tmp_path / 'index.ipynb').write_text(json.dumps(nb))
     assert make_readme.render(tmp_path / 'index.ipynb') != (ROOT / 'README.md').read_text()
 
-def test_package_in_sync_with_notebooks():
-    git = lambda *a: subprocess.run(['git', *a], cwd=ROOT, capture_output=True, text=True).stdout
-    if not (ROOT / '.git').exists(): pytest.skip('not a git checkout')
-    before = git('status', '--porcelain', '--', 'crossformer_seg')
-    subprocess.run([str(BIN / 'nbdev-export')], cwd=ROOT, check=True, capture_output=True)
-    after = git('status', '--porcelain', '--', 'crossformer_seg')
-    assert before == after, f'nbdev-export changed the package:\n{git("diff", "--stat", "--", "crossformer_seg")}'
+def package_drift(root, workdir):
+    "Files of `root`'s package that `nbdev-export` of its notebooks would change; exports into a copy under `workdir`."
+    ignore = shutil.ignore_patterns('__pycache__', '.ipynb_checkpoints')
+    for name in ('nbs', 'crossformer_seg'): shutil.copytree(root / name, workdir / name, ignore=ignore)
+    shutil.copy(root / 'pyproject.toml', workdir)
+    subprocess.run([str(BIN / 'nbdev-export')], cwd=workdir, check=True, capture_output=True)
+    files = lambda d: {str(p.relative_to(d)): p.read_bytes() for p in d.rglob('*.py') if '__pycache__' not in p.parts}
+    old, new = files(root / 'crossformer_seg'), files(workdir / 'crossformer_seg')
+    return sorted(f for f in old.keys() | new.keys() if old.get(f) != new.get(f))
+
+def test_package_in_sync_with_notebooks(tmp_path):
+    "The package equals a fresh `nbdev-export` of the notebooks, checked on a copy: the working tree is not touched."
+    stamps = lambda: {p: p.stat().st_mtime_ns for p in (ROOT / 'crossformer_seg').rglob('*.py')}
+    before = stamps()
+    drift = package_drift(ROOT, tmp_path)
+    assert stamps() == before, 'the sync check wrote into the working tree'
+    assert not drift, f'nbdev-export would change {drift}: run nbdev-export'
+
+def test_package_drift_is_detected(tmp_path):
+    repo = tmp_path / 'repo'
+    for name in ('nbs', 'crossformer_seg'): shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns('__pycache__'))
+    shutil.copy(ROOT / 'pyproject.toml', repo)
+    nb_path = repo / 'nbs' / '00_core.ipynb'
+    nb = json.loads(nb_path.read_text())
+    cell = next(c for c in nb['cells'] if c['cell_type'] == 'code' and ''.join(c['source']).startswith('#| export'))
+    cell['source'] = ''.join(cell['source']) + '\nDRIFT = 1'
+    nb_path.write_text(json.dumps(nb))
+    before = (repo / 'crossformer_seg' / 'core.py').read_bytes()
+    assert package_drift(repo, tmp_path / 'work') == ['core.py']
+    assert (repo / 'crossformer_seg' / 'core.py').read_bytes() == before
 
 def test_cli_help_lists_commands():
     r = subprocess.run([str(BIN / 'crossformer-seg'), '--help'], capture_output=True, text=True)
@@ -35,14 +58,6 @@ def test_cli_help_lists_commands():
     r = subprocess.run([str(BIN / 'crossformer-seg'), '--version'], capture_output=True, text=True)
     import crossformer_seg
     assert r.returncode == 0 and r.stdout.strip() == f'crossformer-seg {crossformer_seg.__version__}'
-
-def test_docs_site_builds_offline():
-    import build_docs
-    out = build_docs.build()
-    index = (out / 'index.html').read_text()
-    assert '<title>' in index and 'crossformer_seg' in index and 'Long short distance attention' in index
-    api = (out / '01_backbone.html').read_text()
-    assert 'CrossFormer backbone' in api and 'CrossScaleEmbedding' in api and 'DynamicPosBias' in api
 
 def test_imports_in_their_own_cells():
     "nbdev-proc-nbs runs every cell that imports, on its own, to build the docs: such cells must hold imports only."
@@ -56,22 +71,6 @@ def test_imports_in_their_own_cells():
             if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree)) and \
                not all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body): bad.append(f'{nb.name}:{c.get("id")}')
     assert not bad, f'cells mixing imports with other code: {bad}'
-
-CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-                  '--disable-component-update', '--disable-sync', '--no-first-run']
-
-@pytest.mark.skipif(not __import__('shutil').which('chromium'), reason='chromium not installed (Debian package `chromium`)')
-def test_docs_pages_render_in_chromium(tmp_path):
-    "The built pages load in a real browser: the rendered DOM holds the page titles and the sidebar."
-    import build_docs
-    out = ROOT / '_docs'
-    if not (out / 'index.html').exists(): build_docs.build()
-    for page, title in [('index.html', 'crossformer_seg'), ('01_backbone.html', 'CrossFormer backbone')]:
-        r = subprocess.run(['chromium', *CHROMIUM_FLAGS, f'--user-data-dir={tmp_path}', '--dump-dom', (out / page).as_uri()],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr[-2000:]
-        assert f'>{title}<' in r.stdout, f'{page}: title {title!r} not in the rendered page'
-        assert 'sidebar' in r.stdout
 
 def test_readme_images_exist():
     import re

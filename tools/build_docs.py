@@ -1,21 +1,61 @@
-"""Build the docs site offline: `nbdev-proc-nbs` stages the notebooks in `_proc/`, then `smalldocs render` turns them
-into HTML in `_docs/` using `_quarto.yml` (quarto itself cannot be installed here; nbdev's attempt to install it is
-harmless and its messages are filtered out).
+"""Build the docs site offline: `nbdev-proc-nbs` stages the notebooks in `_proc/`, each staged notebook is renamed to
+the page name nbdev gives it (`output-file`, e.g. `01_backbone.ipynb` -> `backbone.html`, the name every
+cross-reference and the module index use), then `smalldocs render` turns them into HTML in `_docs/` using
+`_quarto.yml`. Quarto itself cannot be installed here; nbdev's attempt to install it is harmless and its messages are
+filtered out. The renderer's warnings are printed, and the build fails on a broken link or a missing image.
+
+    python tools/build_docs.py
 """
-import shutil, subprocess, sys
+import json, re, shutil, subprocess, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+FATAL = re.compile(r'broken link|missing image|not found|cannot read', re.I)
 
-def build(out=ROOT / '_docs'):
-    "Render the site into `out`; return `out`. Raises `RuntimeError` with the tool's output on failure."
+def _output_file(nb_path):
+    "The `output-file` of a staged notebook's front matter (None when it has none)."
+    cells = json.loads(nb_path.read_text())['cells']
+    if cells and cells[0]['cell_type'] == 'raw':
+        m = re.search(r'^output-file:\s*(\S+)\s*$', ''.join(cells[0]['source']), re.M)
+        if m: return m.group(1)
+    return None
+
+def page_names(proc):
+    "Rename each staged notebook to its page name; return {notebook file name: page file name}."
+    names = {}
+    for nb in sorted(proc.glob('*.ipynb')):
+        out = _output_file(nb)
+        if out is None: continue
+        d = json.loads(nb.read_text())   # the page name is now the file name: drop the key smalldocs does not read
+        d['cells'][0]['source'] = [l for l in d['cells'][0]['source'] if not l.startswith('output-file:')]
+        nb.write_text(json.dumps(d))
+        if nb.stem == Path(out).stem: continue
+        nb.rename(nb.with_name(Path(out).stem + '.ipynb'))
+        names[nb.name] = Path(out).stem + '.ipynb'
+    cfg = proc / '_quarto.yml'
+    order = ['index.ipynb'] + [names.get(p.name, p.name) for p in sorted((ROOT / 'nbs').glob('[0-9]*.ipynb'))]
+    contents = 'contents:\n' + ''.join(f'      - {n}\n' for n in order)
+    text = re.sub(r'contents:\s*auto[^\n]*\n', contents, cfg.read_text())   # the sidebar in reading order
+    cfg.unlink(); cfg.write_text(text)   # the staged copy may be a symlink to the real config
+    return names
+
+def build(out=ROOT / '_docs', verbose=True):
+    "Render the site into `out`; return `out`. Raises `RuntimeError` with the tool's output on failure or broken links."
     shutil.rmtree(out, ignore_errors=True)
-    for cmd in ([str(BIN / 'nbdev-proc-nbs'), '--force'], [str(BIN / 'smalldocs'), 'render', '--quiet', '_proc']):
-        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if r.returncode != 0: raise RuntimeError(f'{" ".join(cmd)} failed:\n{r.stdout}\n{r.stderr}')
+    r = subprocess.run([str(BIN / 'nbdev-proc-nbs'), '--force'], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0: raise RuntimeError(f'nbdev-proc-nbs failed:\n{r.stdout}\n{r.stderr}')
+    page_names(ROOT / '_proc')
+    r = subprocess.run([str(BIN / 'smalldocs'), 'render', '_proc'], cwd=ROOT, capture_output=True, text=True)
+    log = [l for l in (r.stdout + r.stderr).splitlines() if l.strip()]
+    warnings = [l for l in log if re.search(r'warn|broken|missing|error', l, re.I)]
+    if verbose and warnings: print('\n'.join(warnings))
+    if r.returncode != 0: raise RuntimeError(f'smalldocs render failed:\n' + '\n'.join(log))
+    fatal = [l for l in warnings if FATAL.search(l)]
+    if fatal: raise RuntimeError(f'docs build: {len(fatal)} broken links or missing images:\n' + '\n'.join(fatal))
     if not (out / 'index.html').exists(): raise RuntimeError(f'docs build wrote no {out / "index.html"}')
     return out
 
 if __name__ == '__main__':
-    print(f'docs written to {build()}')
+    try: print(f'docs written to {build()}')
+    except RuntimeError as e: print(e, file=sys.stderr); sys.exit(1)

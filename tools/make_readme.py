@@ -4,7 +4,7 @@ Markdown cells are copied as they are (image links `images/...` re-pointed to `n
 cells marked `#| hide` skipped) followed by their saved text output, if any (stderr left out).
 `python tools/make_readme.py` writes README.md; `--check` exits 1 if README.md differs from what it would write.
 """
-import json, sys
+import json, re, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -12,12 +12,19 @@ HEADER = '<!-- Generated from nbs/index.ipynb by tools/make_readme.py: edit the 
 
 def _src(cell): return ''.join(cell['source']) if isinstance(cell['source'], list) else cell['source']
 
+def _notebook(page):
+    "The notebook path of docs page `page` (`backbone` -> `nbs/01_backbone.ipynb`)."
+    hits = sorted((ROOT / 'nbs').glob(f'[0-9][0-9]_{page}.ipynb'))
+    return f'nbs/{hits[0].name}' if hits else f'{page}.html'
+
 def render(nb_path=ROOT / 'nbs' / 'index.ipynb'):
     "The README text for notebook `nb_path`."
     parts = []
     for cell in json.loads(Path(nb_path).read_text())['cells']:
         src = _src(cell).strip('\n')
-        if cell['cell_type'] == 'markdown': parts.append(src.replace('](images/', '](nbs/images/'))  # README sits one level up
+        if cell['cell_type'] == 'markdown':   # README sits one level up; a docs page link becomes its notebook
+            src = src.replace('](images/', '](nbs/images/')
+            parts.append(re.sub(r'\]\(([a-z_]+)\.html\)', lambda m: f']({_notebook(m.group(1))})', src))
         elif cell['cell_type'] == 'code':
             lines = src.split('\n')
             directives = [l for l in lines if l.startswith('#|')]

@@ -1,9 +1,10 @@
 """The project's test command: every notebook through `nbdev-test` (one run per notebook, so each is counted), then the
 project checks in `tests/` through pytest. Prints one line per notebook and ends with `N passed, N failed`.
+`--flags slow` also runs nbdev's `#| slow` cells and the pytest tests marked `slow` (every notebook in a Jupyter kernel).
 
     python tools/run_tests.py [--flags slow] [notebook ...]
 """
-import argparse, re, subprocess, sys, time
+import argparse, os, re, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,10 +24,11 @@ def run_notebooks(nbs, flags=''):
             print(r.stdout[-6000:], r.stderr[-6000:], sep='\n', flush=True)
     return passed, failed
 
-def run_pytest(paths):
+def run_pytest(paths, flags=''):
     if not paths: return 0, 0
+    env = {**os.environ, **({'CFSEG_SLOW': '1'} if 'slow' in flags.replace(',', ' ').split() else {})}   # tests/conftest.py reads it
     r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *map(str, paths)], cwd=ROOT,
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env=env)
     out = r.stdout + r.stderr
     print(out[-8000:], flush=True)
     count = lambda word: sum(int(n) for n in re.findall(rf'(\d+) {word}', out.splitlines()[-1] if out.strip() else ''))
@@ -42,7 +44,7 @@ def main(argv=None):
     t0 = time.time()
     nbs = [Path(n).resolve() for n in a.notebooks] or sorted(p for p in (ROOT / 'nbs').glob('*.ipynb') if not p.name.startswith(('_', '.')))
     nb_pass, nb_fail = run_notebooks(nbs, a.flags)
-    py_pass, py_fail = run_pytest([] if a.notebooks else [ROOT / 'tests'])
+    py_pass, py_fail = run_pytest([] if a.notebooks else [ROOT / 'tests'], a.flags)
     passed, failed = nb_pass + py_pass, len(nb_fail) + py_fail
     if nb_fail: print('failed notebooks: ' + ', '.join(nb_fail))
     print(f'total time {time.time() - t0:.0f} s')
