@@ -46,9 +46,26 @@ class CrossScaleEmbedding(nn.Module):
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
     def forward(self, x):
-        x = torch.cat([proj(x) for proj in self.projs], dim=1)
+        grad = self.training and torch.is_grad_enabled() and not _tracing()
+        x = torch.cat(self._blocked_convs(x) if grad else [proj(x) for proj in self.projs], dim=1)
         H, W = x.shape[-2:]
         return self.norm(x.flatten(2).transpose(1, 2)), (H, W)
+
+    def _blocked_convs(self, x):
+        "The same convolutions; kernels of 16 and more run as stride-1 convolutions on 4x4 space-to-depth blocks."
+        B, C, H, W = x.shape
+        H2, W2 = -(-(H + 2) // 4) * 4, -(-(W + 2) // 4) * 4           # shifted by 2 so the padding falls on block edges
+        blocks, outs = None, []
+        for proj in self.projs:
+            (k, _), (s, _), (p, _) = proj.kernel_size, proj.stride, proj.padding
+            if k < 16 or k % 8 or s != 4 or p != (k - 4) // 2 or proj.kernel_size[1] != k: outs.append(proj(x)); continue
+            if blocks is None:
+                xp = F.pad(x, (2, W2 - W - 2, 2, H2 - H - 2))
+                blocks = xp.view(B, C, H2 // 4, 4, W2 // 4, 4).permute(0, 1, 3, 5, 2, 4).reshape(B, C * 16, H2 // 4, W2 // 4)
+            m = k // 4
+            w = proj.weight.view(-1, C, m, 4, m, 4).permute(0, 1, 3, 5, 2, 4).reshape(-1, C * 16, m, m)
+            outs.append(F.conv2d(blocks, w, proj.bias, 1, m // 2 - 1)[..., :H // 4, :W // 4])
+        return outs
 
 # %% ../nbs/01_backbone.ipynb #c010
 class CrossScaleMerging(nn.Module):
@@ -258,6 +275,23 @@ class LSDAttention(nn.Module):
         o = self.attend(q, k, v, self.position_bias(Gh, Gw, x.device), pad, n_plain, B)
         return self.proj_drop(self.proj(o)).index_select(0, scatter).view(B, L, C)   # ungrouped and cropped in one copy
 
+# %% ../nbs/01_backbone.ipynb #c029b
+class _GELULinear(torch.autograd.Function):
+    "`F.linear(F.gelu(h), w, b)` that keeps `h` for backward and recomputes `gelu(h)` there, instead of keeping both."
+    @staticmethod
+    def forward(ctx, h, w, b, approximate):
+        ctx.save_for_backward(h, w)
+        ctx.approximate, ctx.has_bias = approximate, b is not None
+        return F.linear(F.gelu(h, approximate=approximate), w, b)
+
+    @staticmethod
+    def backward(ctx, dy):
+        h, w = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        dw = dy2.t() @ F.gelu(h, approximate=ctx.approximate).reshape(-1, h.shape[-1])
+        dh = torch.ops.aten.gelu_backward(dy @ w, h, approximate=ctx.approximate)
+        return dh, dw, dy2.sum(0) if ctx.has_bias else None, None
+
 # %% ../nbs/01_backbone.ipynb #c030
 class CrossFormerBlock(nn.Module):
     "One LSDA transformer block; `long_distance` selects LDA (odd blocks) over SDA (even blocks)."
@@ -277,9 +311,10 @@ class CrossFormerBlock(nn.Module):
         return attention_layout(H, W, self.group_size, self.interval, self.long_distance)
 
     def residual(self, x, y):
-        "`x + DropPath(y)`: in one pass (`addcmul` with the per-sample keep mask) while training, else added into `y`."
+        "`x + DropPath(y)`: in one pass (`addcmul` with the per-sample keep mask) while training; added into `y` without grad."
         p = getattr(self.drop_path, 'drop_prob', 0.)
-        if not (self.training and p > 0): return y.add_(x) if y.dtype == x.dtype else x + y
+        if not (self.training and p > 0):
+            return y.add_(x) if y.dtype == x.dtype and not torch.is_grad_enabled() else x + y
         keep = 1 - p
         mask = y.new_empty((y.shape[0],) + (1,) * (y.ndim - 1)).bernoulli_(keep)
         return torch.addcmul(x, y, mask.div_(keep) if getattr(self.drop_path, 'scale_by_keep', True) else mask)
@@ -294,7 +329,14 @@ class CrossFormerBlock(nn.Module):
                            lambda t: self.attn(t.view(B, L, C), H, W, 0, self.interval).view(-1), (y.view(-1),)).view(B, L, C)
         else: y = self.attn(y, H, W, *layout_args(H, W, self.group_size, self.interval, self.long_distance))
         x = self.residual(x, y)
-        return self.residual(x, self.mlp(self.norm2(x)))
+        return self.residual(x, self.mlp_forward(self.norm2(x)))
+
+    def mlp_forward(self, x):
+        "`self.mlp(x)`; while training, the GELU output is recomputed in backward instead of kept (the widest tensor)."
+        m = self.mlp
+        if not (self.training and torch.is_grad_enabled() and not _tracing() and type(m.act) is nn.GELU
+                and isinstance(m.norm, nn.Identity) and m.drop1.p == 0 and m.drop2.p == 0): return m(x)
+        return _GELULinear.apply(m.fc1(x), m.fc2.weight, m.fc2.bias, m.act.approximate)
 
 # %% ../nbs/01_backbone.ipynb #c032
 class CrossFormerStage(nn.Module):
