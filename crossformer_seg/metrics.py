@@ -280,9 +280,7 @@ def _check_out(out):
     out = Path(out)
     if out.is_dir(): raise UsageError(f'--out {out}: is a folder; give a file name such as {out/"eval.json"}')
     if not out.parent.is_dir(): raise UsageError(f'--out {out}: folder {out.parent} does not exist')
-    try:  # a real write probe: permissions, read-only mounts and root all answer truthfully
-        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f'.{out.name}.', suffix='.probe'); os.close(fd); os.remove(probe)
-    except OSError as e: raise UsageError(f'--out {out}: folder {out.parent} is not writable ({e.strerror or e})') from None
+    check_writable_dir(out.parent, f'--out {out}: folder')   # a real write probe
 
 def _sha256(path, chunk=1 << 20):
     h = hashlib.sha256()
