@@ -8,7 +8,7 @@ __all__ = ['confusion_matrix', 'rank_world', 'all_reduce_sum', 'ConfusionMatrix'
            'SegMetricColumn', 'miou_metrics', 'shard_items', 'evaluate', 'test_arguments', 'run_test']
 
 # %% ../nbs/09_metrics.ipynb #c003
-import hashlib, json, math, os, sys, tempfile, warnings
+import hashlib, json, math, os, sys, warnings
 from pathlib import Path
 
 import numpy as np
