@@ -8,6 +8,7 @@ __all__ = ['confusion_matrix', 'rank_world', 'all_reduce_sum', 'ConfusionMatrix'
            'SegMetricColumn', 'miou_metrics', 'shard_items', 'evaluate', 'test_arguments', 'run_test']
 
 # %% ../nbs/09_metrics.ipynb #c003
+from .core import UsageError, atomic_write, check_writable_dir, command_main, plain_tensor   # first: it silences a known third-party import warning
 import hashlib, json, math, os, sys, warnings
 from pathlib import Path
 
@@ -19,7 +20,6 @@ from fastai.learner import Metric
 from fastprogress.fastprogress import progress_bar
 
 from . import __version__
-from .core import UsageError, atomic_write, check_writable_dir, command_main, plain_tensor
 from .checkpoint import CheckpointMismatch, read_checkpoint, unwrap_model
 from .transforms import IGNORE_INDEX
 from .data import ADE20K_CLASSES, ade20k_items, check_sizes, read_pair
