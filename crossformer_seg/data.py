@@ -426,11 +426,11 @@ class SegDataset:
     @property
     def num_classes(self): return len(self.classes)
     def items(self, split='train'):
-        "The `ADEPair`s of `split` ('train'/'val' or 'training'/'validation'), sorted by name, checked for pairing."
-        if split not in _ROLES: raise ValueError(f'unknown split {split!r}; use train or val')
-        role = _ROLES[split]
+        "The `ADEPair`s of `split` ('train'/'val' or 'training'/'validation'; other names: a folder evaluated like val), sorted, paired."
+        role = _ROLES.get(split, split)
         if self.layout == 'ade20k': return ade20k_items(self.root, role)
-        sub = FOLDER_SPLITS[role == 'validation']
+        sub = {'training': 'train', 'validation': 'val'}.get(role, split)
+        role = 'training' if role == 'training' else 'validation'   # the pipeline the split gets
         img_dir, msk_dir = self.root/'images'/sub, self.root/self.mask_dir/sub
         for d in (img_dir, msk_dir):
             if not d.is_dir(): raise FileNotFoundError(f'split folder {d} ' + ('is a file, not a folder' if d.exists() else 'does not exist'))
@@ -458,15 +458,15 @@ def seg_dataset(root, classes=None, reduce_zero_label=None) -> SegDataset:
     "The `SegDataset` in `root`: ADE20K's layout or a folder dataset; `classes` (names or 'a,b,c') replace `classes.txt`."
     root = Path(root)
     if not root.is_dir(): raise FileNotFoundError(f'dataset folder {root} ' + ('is a file, not a folder' if root.exists() else 'does not exist'))
-    if (root/'images'/'training').is_dir():
+    if any((root/'images'/s).is_dir() for s in SPLITS):   # ADE20K's split names
         names = ADE20K_CLASSES if classes is None else _class_list(classes)
         if len(names) != NUM_CLASSES: raise ValueError(f'{root} has the ADE20K layout (150 classes) but {len(names)} class names were given')
         return SegDataset(root, 'ade20k', names, ADE20K_PALETTE, True if reduce_zero_label is None else bool(reduce_zero_label))
-    if not (root/'images'/'train').is_dir():
+    if not any((root/'images'/s).is_dir() for s in FOLDER_SPLITS):
         raise FileNotFoundError(f'{root} is neither a folder dataset (images/train, images/val, masks/train, masks/val, classes.txt) '
                                 'nor ADE20K (images/training, annotations/training)')
-    mask_dir = next((m for m in MASK_DIRS if (root/m/'train').is_dir()), None)
-    if mask_dir is None: raise FileNotFoundError(f'{root} has images/train but no mask folder: ' + ', '.join(f'{m}/train' for m in MASK_DIRS))
+    mask_dir = next((m for m in MASK_DIRS if any((root/m/s).is_dir() for s in FOLDER_SPLITS)), None)
+    if mask_dir is None: raise FileNotFoundError(f'{root} has images/train or images/val but no mask folder ' + ' or '.join(f'{m}/' for m in MASK_DIRS))
     colours = None
     if classes is not None: names = _class_list(classes)
     elif (root/'classes.txt').is_file(): names, colours = read_classes(root/'classes.txt')

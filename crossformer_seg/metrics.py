@@ -307,7 +307,7 @@ def _dataset(args):
     try: meta = checkpoint_metadata(args.checkpoint)
     except Exception: meta = {}   # unreadable: loading it says why
     root = Path(args.data)
-    own = (root/'images'/'train').is_dir() and not (root/'classes.txt').is_file()
+    own = any((root/'images'/s).is_dir() for s in ('train', 'val')) and not (root/'classes.txt').is_file()
     rzl = args.reduce_zero_label if args.reduce_zero_label is not None else meta.get('reduce_zero_label')
     return seg_dataset(root, meta.get('classes') if own else None, rzl)
 
