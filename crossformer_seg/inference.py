@@ -136,7 +136,8 @@ def load_segmentor(config, checkpoint, device='cpu', nonfinite='error'):
                                             'original and MMSegmentation files); give --config NAME')
     try: resolve_config(config)
     except ValueError as e: raise UsageError(f'--config {config}: {e}') from None
-    model = build_segmentor(config)
+    described = _model_config(checkpoint)   # a named --config takes the class count the checkpoint was trained with
+    model = build_segmentor(config, num_classes=described.get('num_classes') if isinstance(described, dict) else None)
     try: rep = load_checkpoint(model, checkpoint, strict=True, nonfinite=nonfinite)
     except CheckpointMismatch as e: raise UsageError(str(e)) from None
     except (FileNotFoundError, ValueError) as e: raise UsageError(f'--checkpoint {checkpoint}: {e}') from None

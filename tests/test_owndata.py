@@ -186,3 +186,11 @@ def test_missing_class_list(capsys, own, tmp_path):
     rc, out, err = cli(capsys, *TRAIN, '--data', r, '--work-dir', tmp_path/'w')
     assert rc == 2 and err.startswith(f'error: --data {r}: {r} has no classes.txt') and '--classes a,b,c' in err, err
     assert not (tmp_path/'w').exists()
+
+
+def test_named_config_takes_the_checkpoints_class_count(capsys, own, trained, tmp_path):
+    "`--config tiny_upernet` with a 3-class checkpoint builds 3 classifiers, as the checkpoint says."
+    rc, out, err = cli(capsys, 'predict', '--config', 'tiny_upernet', '--checkpoint', trained/'final.safetensors',
+                       own/'images'/'val'/'val_0.jpg', '--out', tmp_path/'out')
+    assert rc == 0 and err == '', err
+    assert Image.open(tmp_path/'out'/'val_0.png').getpalette()[:9] == [c for rgb in COLOURS for c in rgb]
