@@ -22,7 +22,7 @@ TRAIN = ['train', '--config', 'tiny_upernet', '--iters', '2', '--batch-size', '2
          '--img-scale', '256', '64', '--num-workers', '0', '--device', 'cpu', '--log-interval', '1']
 
 
-def make_folder(root, colour_masks=False, n_train=4, n_val=2, size=(64, 80), seed=0, classes_txt=True):
+def make_folder(root, colour_masks=False, n_train=4, n_val=2, size=(64, 80), seed=0, classes_txt=True, from_one=False):
     "A 3-class folder dataset: sky over trees over road in bands at random heights, images in the class colours plus noise."
     rng, root = np.random.default_rng(seed), Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -36,7 +36,7 @@ def make_folder(root, colour_masks=False, n_train=4, n_val=2, size=(64, 80), see
             m = np.zeros((h, w), np.uint8); m[a:b] = 1; m[b:] = 2
             img = np.clip(pal[m].astype(int) + rng.integers(-30, 30, (h, w, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(root/'images'/split/f'{split}_{i}.jpg', quality=95)
-            Image.fromarray(pal[m] if colour_masks else m).save(root/'masks'/split/f'{split}_{i}.png')
+            Image.fromarray(pal[m] if colour_masks else m + from_one).save(root/'masks'/split/f'{split}_{i}.png')
     return root
 
 
@@ -125,6 +125,19 @@ def test_colour_masks_give_the_same_batches(own, tmp_path):
         (xa, ya), (xb, yb) = dl_a.one_batch(), dl_b.one_batch()
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert set(a.train.one_batch()[1].unique().tolist()) <= {0, 1, 2, 255}
+
+
+def test_reduce_zero_label_gives_the_same_batches(own, tmp_path):
+    "Masks numbering the classes 1..3 with --reduce-zero-label read as the same dataset with 0..2."
+    plus = make_folder(tmp_path/'plus', from_one=True)
+    kw = dict(bs=2, crop_size=(64, 64), img_scale=(256, 64), seed=3, device='cpu')
+    a, b = folder_dls(own, **kw), folder_dls(plus, reduce_zero_label=True, **kw)
+    for dl_a, dl_b in ((a.train, b.train), (a.valid, b.valid)):
+        (xa, ya), (xb, yb) = dl_a.one_batch(), dl_b.one_batch()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    from crossformer_seg.train import resolve_run, _train_args
+    run, _, _ = resolve_run(_train_args(config='tiny_upernet', data=str(plus), reduce_zero_label=True, work_dir=str(tmp_path/'w')))
+    assert run['dataset']['reduce_zero_label'] is True and run['num_classes'] == 3
 
 
 # --- mask checks: one line naming the file ---------------------------------------------------------------------------
