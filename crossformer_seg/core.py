@@ -4,14 +4,15 @@
 
 # %% auto #0
 __all__ = ['plain_tensor', 'UsageError', 'ImageReadError', 'NonFiniteError', 'nonfinite_counts', 'print_error', 'run_command',
-           'command_main', 'remove_stale_temporaries', 'check_writable_dir', 'check_parent', 'atomic_write',
-           'atomic_dir']
+           'command_main', 'run_as_script', 'remove_stale_temporaries', 'check_writable_dir', 'check_parent',
+           'atomic_write', 'atomic_dir']
 
 # %% ../nbs/00_core.ipynb #c002
 import argparse, os, re, shutil, sys, tempfile, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
+from fastcore.imports import IN_NOTEBOOK
 import torch
 
 # %% ../nbs/00_core.ipynb #c003x
@@ -71,6 +72,11 @@ def command_main(add_arguments, run, argv=None, prog=None, description=None):
     args = p.parse_args(None if argv is None else list(map(str, argv)))
     return run_command(run, args, getattr(args, 'debug', False))
 
+# %% ../nbs/00_core.ipynb #c013g
+def run_as_script(name):
+    "True for a module's `__name__` when it runs as `python -m ...`; False in a notebook kernel, whose code is also `__main__`."
+    return name == '__main__' and not IN_NOTEBOOK
+
 # %% ../nbs/00_core.ipynb #c015
 def _pid_alive(pid):
     try: os.kill(pid, 0)
@@ -102,12 +108,16 @@ def remove_stale_temporaries(path):
     return gone
 
 def check_writable_dir(path, what='output folder'):
-    "`UsageError` unless folder `path` exists and is writable or could be made (checks only: creates nothing)."
+    "`UsageError` unless folder `path` exists and is writable or could be made (checks only: leaves nothing behind)."
     path = Path(path)
     probe = path if path.exists() else next(p for p in path.parents if p.exists())
     if not probe.is_dir():
         raise UsageError(f'{what} {path}: ' + ('is a file, not a folder' if probe == path else f'{probe} is a file, not a folder'))
-    if not os.access(probe, os.W_OK | os.X_OK): raise UsageError(f'{what} {path}: folder {probe} is not writable')
+    try:  # a real write probe: `os.access` says yes to root even on a read-only mount
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix='.write-probe.'); os.close(fd); os.remove(tmp)
+    except OSError as e:
+        where = f'{what} {path}' + ('' if probe == path else f': folder {probe}')
+        raise UsageError(f'{where} is not writable ({e.strerror or e})') from None
     return path
 
 def _prepare(path, what):

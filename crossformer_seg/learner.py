@@ -10,6 +10,7 @@ __all__ = ['RECIPES', 'CHECKPOINT_FILES', 'STATE_FORMAT', 'LOG_FIELDS', 'Recipe'
            'latest_checkpoint', 'prune_checkpoints', 'RunFolder', 'RankCheck', 'SegLearner', 'seg_learner']
 
 # %% ../nbs/10_learner.ipynb #c002
+from .core import atomic_dir, atomic_write, remove_stale_temporaries   # first: it silences a known third-party import warning
 import base64, csv, hashlib, json, math, os, random, re, shutil, time
 from dataclasses import dataclass, asdict, replace, fields
 from functools import partial
@@ -26,9 +27,8 @@ from fastai.callback.progress import ProgressCallback
 from fastai.optimizer import OptimWrapper
 from safetensors.torch import load_file as _st_load, save_file as _st_save
 
-from .core import atomic_dir, atomic_write, remove_stale_temporaries
 from .segmentor import SegLoss, build_segmentor
-from .checkpoint import save_checkpoint, load_checkpoint, unwrap_model
+from .checkpoint import save_checkpoint, load_checkpoint, unwrap_model, model_metadata
 from .data import ADEDataLoader, IterSampler
 from .metrics import SegMetrics, miou_metrics, rank_world, all_reduce_sum
 
@@ -238,7 +238,7 @@ class IterTrainer(Callback):
         if self.micro < self.accum - 1: raise CancelBatchException()   # keep accumulating: no step, no zero_grad
     def before_step(self):
         lr = lr_at(self.learn.recipe, self.learn.iteration)
-        for g in self.learn.opt.param_groups: g['lr'] = lr
+        self.learn.opt.set_hyper('lr', lr)   # fastai's setter reaches torch's param groups (`opt.param_groups` is a copy)
         self.learn.stepped, scaler = True, self.learn.scaler
         if self.clip_grad:
             if scaler is not None: scaler.unscale_(self.learn.opt.opt)
@@ -371,7 +371,7 @@ class RunFolder(Callback):
             self._trim_log(self.learn.iteration)
         self.tb = _tensorboard(self.path) if self.main else None
     def _meta(self, it, **kw):
-        return dict(config=getattr(self.learn.plain_model, 'config', None), iteration=it, recipe=asdict(self.learn.recipe), **kw)
+        return dict(model_metadata(self.learn.plain_model), iteration=it, recipe=asdict(self.learn.recipe), **kw)
     def _trim_log(self, it):
         f = self.path/'log.csv'
         if not f.exists(): return
@@ -394,7 +394,7 @@ class RunFolder(Callback):
             loss = all_reduce_sum(loss) / rank_world()[1]
         now = time.time()
         if self.main:
-            self._row(iter=it, lr=f'{lr_at(self.learn.recipe, it - 1):.6e}', loss=f'{loss.item() / max(self._n, 1):.6f}',
+            self._row(iter=it, lr=f'{self.learn.opt.hypers[0]["lr"]:.6e}', loss=f'{loss.item() / max(self._n, 1):.6f}',
                       sec_per_iter=f'{(now - self._t) / max(it - self._last, 1):.4f}')
         self._loss, self._n, self._t, self._last = 0., 0, now, it
     def after_batch(self):
@@ -468,7 +468,7 @@ class SegLearner(Learner):
             state = dict(format=STATE_FORMAT, version=1, iteration=self.iteration, world_size=rank_world()[1],
                          recipe=asdict(self.recipe), data=self._data_position(), best=self.best, optimizer=opt_meta,
                          scaler=self.scaler.state_dict() if self.scaler is not None else None, rng=rngs)
-            meta = dict(config=getattr(self.plain_model, 'config', None), iteration=self.iteration)
+            meta = dict(model_metadata(self.plain_model), iteration=self.iteration)   # config, classes, palette
             with atomic_dir(path, 'checkpoint folder') as tmp:
                 save_checkpoint(self.plain_model, tmp/'model.safetensors', metadata=meta)
                 _save_tensors(tensors, tmp/'optimizer.safetensors')
