@@ -85,9 +85,10 @@ def check_onnx(model, path, sizes=CHECK_SIZES, batch=1, atol=1e-4, min_agree=0.9
 # %% ../nbs/13_export.ipynb #c023
 def export_arguments(p):
     "Arguments of `crossformer-seg export`."
-    p.add_argument('--config', required=True, help='named model config, e.g. fpn_crossformer_s, upernet_crossformer_b')
+    p.add_argument('--config', help='named model config, e.g. fpn_crossformer_s: needed for checkpoints that do not describe their '
+                                    'model (original / MMSegmentation files) and without --checkpoint')
     p.add_argument('--checkpoint', help='trained segmentor checkpoint (ours, MMSegmentation, bare state dict); '
-                                        'without it the random initialisation is exported (for trying the export only)')
+                                        'without it the random initialisation of --config is exported (for trying the export only)')
     p.add_argument('--out', required=True, help='ONNX file to write (input `image` B x 3 x H x W normalised, output `logits`; B, H, W free)')
     p.add_argument('--check', action='store_true',
                    help=f'compare with PyTorch in onnxruntime at {", ".join(f"{h}x{w}" for h, w in CHECK_SIZES)}; exit 1 if they differ')
@@ -95,8 +96,10 @@ def export_arguments(p):
 # %% ../nbs/13_export.ipynb #c024
 def run_export(args):
     "Export `args.config` (+ `args.checkpoint`) to ONNX file `args.out`; exit code 0, or 1 when `--check` finds a difference."
-    try: resolve_config(args.config)
-    except ValueError as e: raise UsageError(f'--config {args.config}: {e}') from None
+    if not (args.config or args.checkpoint): raise UsageError('give --checkpoint (a trained model) or --config NAME (random weights)')
+    if args.config:
+        try: resolve_config(args.config)
+        except ValueError as e: raise UsageError(f'--config {args.config}: {e}') from None
     out = Path(args.out)
     if out.is_dir(): raise UsageError(f'--out {out}: is a folder; give a file name such as model.onnx')
     check_writable_dir(out.parent, f'--out {out}: folder')
