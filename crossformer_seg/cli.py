@@ -25,7 +25,7 @@ COMMANDS = {  # name -> (module that owns the job, one-line help)
     'predict': ('crossformer_seg.inference', 'segment images with a trained model; write label PNGs and overlays'),
     'complexity': ('crossformer_seg.complexity', "count a named model's parameters and FLOPs (the paper's counting convention)"),
     'test': ('crossformer_seg.metrics', 'evaluate a trained model on a split: per-class IoU/Acc, aAcc/mIoU/mAcc and an eval JSON'),
-    'export': ('crossformer_seg.export', 'write a named segmentor to ONNX with free batch, height and width; check it with onnxruntime'),
+    'export': ('crossformer_seg.export', 'write a trained segmentor to ONNX with free batch, height and width; check it against PyTorch with onnxruntime'),
 }
 
 def command_functions(name):
