@@ -138,7 +138,9 @@ class LoadReport:
     nonfinite: dict = field(default_factory=dict)   # key -> (NaN count, inf count) of loaded tensors with such values
 
     @property
-    def ok(self): return not (self.missing or self.unexpected or self.mismatched)
+    def ok(self):
+        "True when no key is missing, unexpected or of another shape (skipped keys and non-finite values aside)."
+        return not (self.missing or self.unexpected or self.mismatched)
 
     def lines(self, limit=20):
         "One line per problem key (at most `limit` per kind)."

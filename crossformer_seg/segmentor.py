@@ -28,9 +28,13 @@ class EncoderDecoder(nn.Module):
         self.num_classes = decode_head.num_classes
 
     @property
-    def with_neck(self): return self.neck is not None
+    def with_neck(self):
+        "True for Semantic FPN (a neck between backbone and decode head)."
+        return self.neck is not None
     @property
-    def with_auxiliary_head(self): return self.auxiliary_head is not None
+    def with_auxiliary_head(self):
+        "True for UPerNet (an auxiliary FCN head, used for the loss only)."
+        return self.auxiliary_head is not None
 
     def set_grad_checkpointing(self, enable=True):
         "Recompute the backbone's blocks in the backward pass (less activation memory, more time)."
@@ -172,8 +176,12 @@ class SegLoss:
         for aux in preds[1:]: loss = loss + self.aux_weight * self.cross_entropy(aux, target.long())
         return loss
 
-    def activation(self, x): return F.softmax(plain_tensor(x), dim=1)
-    def decodes(self, x): return x.argmax(dim=1)
+    def activation(self, x):
+        "Class probabilities (softmax over dim 1): what fastai's `get_preds` returns."
+        return F.softmax(plain_tensor(x), dim=1)
+    def decodes(self, x):
+        "Per-pixel class indices (argmax over dim 1): `get_preds(with_decoded=True)`'s labels."
+        return x.argmax(dim=1)
     def __repr__(self): return f'SegLoss(ignore_index={self.ignore_index}, aux_weight={self.aux_weight}, avg_non_ignore={self.avg_non_ignore})'
 
 # %% ../nbs/03_segmentor.ipynb #c026
