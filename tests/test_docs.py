@@ -118,7 +118,8 @@ def test_docs_pages_in_chromium(site, tmp_path):
             if not f['title'].strip() or not f['h1'].strip(): problems.append(f'{page}: no title')
             if page != 'index.html' and f['api'] == 0: problems.append(f'{page}: no API entry or table')
             problems += [f'{page}: image {src} did not load' for src, ok in f['images'] if not ok]
-            for bad in ('Traceback (most recent call last)', 'Warning:', '/work/', '/home/', '/tmp/'):
+            for bad in ('Traceback (most recent call last)', 'Warning:', '/work/', '/home/', '/tmp/',   # no build-machine noise
+                        'NoneType', '__main__.', '<factory>', 'functools.partial', ' object at 0x'):   # readable signatures
                 if bad in f['text']: problems.append(f'{page}: shows {bad!r}')
     finally:
         browser.close(); srv.shutdown()
@@ -141,3 +142,13 @@ def test_docs_index_and_api_pages(site):
     assert '<title>' in index and 'crossformer_seg' in index and 'Long short distance attention' in index
     api = (site / 'backbone.html').read_text()
     assert 'CrossFormer backbone' in api and 'CrossScaleEmbedding' in api and 'DynamicPosBias' in api
+
+def test_signatures_are_cleaned():
+    from build_docs import clean_signature
+    md = ("### PairTransform\n\n```python\ndef PairTransform(\n    seed:NoneType=None\n)->__main__.LoadReport:\n```\n"
+          "def f(missing:list=<factory>, act=functools.partial(<class 'torch.nn.modules.activation.ReLU'>, inplace=True), "
+          "m:Union[Callable, collections.abc.MutableSequence, NoneType]=None)")
+    out = clean_signature(md)
+    assert 'class PairTransform(\n    seed=None\n)->LoadReport:' in out
+    assert 'missing:list=[]' in out and 'act=partial(ReLU, inplace=True)' in out
+    assert 'm:Callable | collections.abc.MutableSequence | None=None' in out

@@ -3,6 +3,7 @@ the page name nbdev gives it (`output-file`, e.g. `01_backbone.ipynb` -> `backbo
 cross-reference and the module index use), then `smalldocs render` turns them into HTML in `_docs/` using
 `_quarto.yml`. Quarto itself cannot be installed here; nbdev's attempt to install it is harmless and its messages are
 filtered out. The renderer's warnings are printed, and the build fails on a broken link or a missing image.
+The API signatures that `show_doc` rendered are cleaned of what inspection leaves in them (see `clean_signature`).
 
     python tools/build_docs.py
 """
@@ -40,12 +41,38 @@ def page_names(proc):
     cfg.unlink(); cfg.write_text(text)   # the staged copy may be a symlink to the real config
     return names
 
+def clean_signature(md):
+    """A `show_doc` markdown entry as a reader should see it: fastcore annotates an un-annotated `x=None` as
+    `x:NoneType=None`, names classes of the executing notebook `__main__.X`, shows dataclass factories as
+    `<factory>`, spells `Optional` as `Union[..., NoneType]` and renders a class as `def X(`; these become `x=None`,
+    `X`, the factory's value, `... | None` and `class X(`."""
+    md = re.sub(r':NoneType=None\b', '=None', md)
+    md = re.sub(r'\bNoneType\b', 'None', md)   # inside a written annotation (`Union[..., NoneType]`)
+    md = re.sub(r'\b(?:typing\.)?Union\[([^\[\]]*)\]', lambda m: ' | '.join(p.strip() for p in m.group(1).split(',')), md)
+    md = re.sub(r'\b__main__\.', '', md)
+    md = re.sub(r':(list|dict|set|tuple)=<factory>', lambda m: f':{m.group(1)}={dict(list="[]", dict="{}", set="set()", tuple="()")[m.group(1)]}', md)
+    md = re.sub(r"functools\.partial\(<class '(?:\w+\.)*(\w+)'>", r'partial(\1', md)
+    return re.sub(r'(#+ ([A-Z]\w*)\n\n```python\n)def \2\(', r'\1class \2(', md)
+
+def clean_outputs(proc):
+    "Apply `clean_signature` to every `show_doc` entry (markdown output) of the staged notebooks."
+    for nb in proc.glob('*.ipynb'):
+        d, changed = json.loads(nb.read_text()), False
+        for c in d['cells']:
+            for o in c.get('outputs', []):
+                md = o.get('data', {}).get('text/markdown')
+                if md is None: continue
+                new = clean_signature(''.join(md) if isinstance(md, list) else md)
+                if new != md: o['data']['text/markdown'], changed = new, True
+        if changed: nb.write_text(json.dumps(d))
+
 def build(out=ROOT / '_docs', verbose=True):
     "Render the site into `out`; return `out`. Raises `RuntimeError` with the tool's output on failure or broken links."
     shutil.rmtree(out, ignore_errors=True)
     r = subprocess.run([str(BIN / 'nbdev-proc-nbs'), '--force'], cwd=ROOT, capture_output=True, text=True)
     if r.returncode != 0: raise RuntimeError(f'nbdev-proc-nbs failed:\n{r.stdout}\n{r.stderr}')
     page_names(ROOT / '_proc')
+    clean_outputs(ROOT / '_proc')
     r = subprocess.run([str(BIN / 'smalldocs'), 'render', '_proc'], cwd=ROOT, capture_output=True, text=True)
     log = [l for l in (r.stdout + r.stderr).splitlines() if l.strip()]
     warnings = [l for l in log if re.search(r'warn|broken|missing|error', l, re.I)]
