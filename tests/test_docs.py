@@ -88,6 +88,7 @@ PAGE_FACTS = """JSON.stringify({
   tables: document.querySelectorAll('table').length,
   images: Array.from(document.images).map(i => [(i.getAttribute('src') || '').slice(0, 80), i.complete && i.naturalWidth > 0]),
   ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),
+  heading_ids: Array.from(document.querySelectorAll('h2[id], h3[id]')).map(e => e.id),
   links: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href')),
   text: document.body.innerText
 })"""
@@ -118,6 +119,8 @@ def test_docs_pages_in_chromium(site, tmp_path):
             if not f['title'].strip() or not f['h1'].strip(): problems.append(f'{page}: no title')
             if page != 'index.html' and f['api'] == 0: problems.append(f'{page}: no API entry or table')
             problems += [f'{page}: image {src} did not load' for src, ok in f['images'] if not ok]
+            # a heading that takes an API entry's name pushes the entry to `name-1`, where no cross-reference points
+            problems += [f'{page}: heading id {i} is a duplicate' for i in f['heading_ids'] if re.search(r'-\d+$', i)]
             for bad in ('Traceback (most recent call last)', 'Warning:', '/work/', '/home/', '/tmp/',   # no build-machine noise
                         'NoneType', '__main__.', '<factory>', 'functools.partial', ' object at 0x'):   # readable signatures
                 if bad in f['text']: problems.append(f'{page}: shows {bad!r}')
@@ -146,9 +149,27 @@ def test_docs_index_and_api_pages(site):
 def test_signatures_are_cleaned():
     from build_docs import clean_signature
     md = ("### PairTransform\n\n```python\ndef PairTransform(\n    seed:NoneType=None\n)->__main__.LoadReport:\n```\n"
-          "def f(missing:list=<factory>, act=functools.partial(<class 'torch.nn.modules.activation.ReLU'>, inplace=True), "
+          "def f(missing:list=<factory>, act:functools.partial=functools.partial(<class 'torch.nn.modules.activation.ReLU'>, inplace=True), "
           "m:Union[Callable, collections.abc.MutableSequence, NoneType]=None)")
     out = clean_signature(md)
     assert 'class PairTransform(\n    seed=None\n)->LoadReport:' in out
     assert 'missing:list=[]' in out and 'act=partial(ReLU, inplace=True)' in out
-    assert 'm:Callable | collections.abc.MutableSequence | None=None' in out
+    assert 'm:Callable | MutableSequence | None=None' in out
+
+def test_param_table_from_docments():
+    from build_docs import param_table
+    md = ("### f\n\n```python\ndef f(\n    a, b:int=1, # the b\n    c:str | None=None, # the c, with a | bar\n    **kw\n"
+          ")->Tensor: # the result\n```\n\n*Doc.*")
+    rows = param_table(md).strip().split('\n')
+    assert rows[2:] == ['| a |  |  |  |', '| b | int | 1 | the b |', '| c | str \\| None | None | the c, with a \\| bar |',
+                        '| **kw |  |  |  |', '| **Returns** | Tensor |  | the result |']
+    assert param_table("### g\n\n```python\ndef g(\n    a, b:int=1\n):\n```") == ''   # no docments: no table
+
+def test_entry_points_have_parameter_tables(site):
+    "The main entry points are documented with docments comments, which the build turns into parameter tables."
+    for page, name, param in [('segmentor', 'build_segmentor', 'name_or_config'), ('segmentor', 'inference', 'crop_size'),
+                              ('checkpoint', 'load_checkpoint', 'nonfinite')]:
+        html = (site / f'{page}.html').read_text()
+        entry = html[html.index(f'id="{name}"'):]
+        entry = entry[:entry.find('<h3', 10) if '<h3' in entry[10:] else len(entry)]
+        assert '<table' in entry and f'<td>{param}</td>' in entry, f'{page}.html: {name} has no parameter table'

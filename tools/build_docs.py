@@ -50,12 +50,57 @@ def clean_signature(md):
     md = re.sub(r'\bNoneType\b', 'None', md)   # inside a written annotation (`Union[..., NoneType]`)
     md = re.sub(r'\b(?:typing\.)?Union\[([^\[\]]*)\]', lambda m: ' | '.join(p.strip() for p in m.group(1).split(',')), md)
     md = re.sub(r'\b__main__\.', '', md)
+    md = re.sub(r'\b(?:crossformer_seg|fastai|collections\.abc|pathlib)(?:\.\w+)*\.([A-Z]\w*)', r'\1', md)   # full module paths
+    md = re.sub(r'\btorch\.nn\.modules(?:\.\w+)*\.([A-Z]\w*)', r'nn.\1', md)
     md = re.sub(r':(list|dict|set|tuple)=<factory>', lambda m: f':{m.group(1)}={dict(list="[]", dict="{}", set="set()", tuple="()")[m.group(1)]}', md)
     md = re.sub(r"functools\.partial\(<class '(?:\w+\.)*(\w+)'>", r'partial(\1', md)
+    md = re.sub(r':functools\.partial=', '=', md)   # the type fastcore infers from a `partial` default
     return re.sub(r'(#+ ([A-Z]\w*)\n\n```python\n)def \2\(', r'\1class \2(', md)
 
+def _split_top(s, sep):
+    "Split `s` at each `sep` outside brackets and quotes."
+    parts, depth, quote, cur = [], 0, None, ''
+    for ch in s:
+        if quote: quote = None if ch == quote else quote
+        elif ch in '\'"': quote = ch
+        elif ch in '([{': depth += 1
+        elif ch in ')]}': depth -= 1
+        elif ch == sep and depth == 0: parts.append(cur); cur = ''; continue
+        cur += ch
+    return parts + [cur]
+
+def _param(code):
+    "(name, type, default) of one rendered parameter `name:type=default`."
+    head, _, default = code.partition('=')
+    name, _, anno = head.partition(':')
+    return name.strip(), anno.strip(), default.strip()
+
+def param_table(md):
+    """A markdown table (parameter, type, default, details) of a `show_doc` entry whose signature carries docments
+    comments (`name:type=default, # what it is`), as nbdev 2 showed them; '' when no parameter is commented."""
+    m = re.search(r'```python\n(?:class|def|async def) \w[\w.]*\((.*?)\n```', md, re.S)
+    if not m or ' # ' not in m.group(1): return ''
+    rows, ret = [], None
+    for line in m.group(1).split('\n'):
+        code, _, doc = line.partition(' # ')
+        code = code.strip()
+        if code.startswith(')'):
+            anno = re.match(r'\)(?:->(.*?))?:$', code)
+            if anno and (anno.group(1) or doc): ret = ((anno.group(1) or '').strip(), doc.strip())
+            continue
+        params = [p.strip() for p in _split_top(code, ',') if p.strip()]
+        for i, p in enumerate(params):
+            if p in ('*', '/'): continue
+            rows.append((*_param(p), doc.strip() if i == len(params) - 1 else ''))
+    if not any(r[3] for r in rows): return ''
+    cell = lambda t: t.replace('|', '\\|')
+    out = ['|  | Type | Default | Details |', '|---|---|---|---|']
+    out += [f'| {cell(n)} | {cell(a)} | {cell(d)} | {cell(doc)} |' for n, a, d, doc in rows]
+    if ret: out.append(f'| **Returns** | {cell(ret[0])} |  | {cell(ret[1])} |')
+    return '\n\n' + '\n'.join(out)
+
 def clean_outputs(proc):
-    "Apply `clean_signature` to every `show_doc` entry (markdown output) of the staged notebooks."
+    "Apply `clean_signature` to every `show_doc` entry (markdown output) of the staged notebooks, and add its `param_table`."
     for nb in proc.glob('*.ipynb'):
         d, changed = json.loads(nb.read_text()), False
         for c in d['cells']:
@@ -63,6 +108,7 @@ def clean_outputs(proc):
                 md = o.get('data', {}).get('text/markdown')
                 if md is None: continue
                 new = clean_signature(''.join(md) if isinstance(md, list) else md)
+                new += param_table(new)
                 if new != md: o['data']['text/markdown'], changed = new, True
         if changed: nb.write_text(json.dumps(d))
 
