@@ -89,6 +89,7 @@ PAGE_FACTS = """JSON.stringify({
   images: Array.from(document.images).map(i => [(i.getAttribute('src') || '').slice(0, 80), i.complete && i.naturalWidth > 0]),
   ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),
   heading_ids: Array.from(document.querySelectorAll('h2[id], h3[id]')).map(e => e.id),
+  nav: document.querySelectorAll('.nav-page-next, .nav-page-previous').length,
   links: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href')),
   text: document.body.innerText
 })"""
@@ -119,6 +120,9 @@ def test_docs_pages_in_chromium(site, tmp_path):
             if not f['title'].strip() or not f['h1'].strip(): problems.append(f'{page}: no title')
             if page != 'index.html' and f['api'] == 0: problems.append(f'{page}: no API entry or table')
             problems += [f'{page}: image {src} did not load' for src, ok in f['images'] if not ok]
+            if f['nav'] == 0: problems.append(f'{page}: no previous/next link')
+            for site_link in ('https://github.com/crossformer-seg/crossformer_seg', 'https://arxiv.org/abs/2108.00154'):
+                if site_link not in f['links']: problems.append(f'{page}: no link to {site_link}')
             # a heading that takes an API entry's name pushes the entry to `name-1`, where no cross-reference points
             problems += [f'{page}: heading id {i} is a duplicate' for i in f['heading_ids'] if re.search(r'-\d+$', i)]
             for bad in ('Traceback (most recent call last)', 'Warning:', '/work/', '/home/', '/tmp/',   # no build-machine noise
@@ -143,6 +147,9 @@ def test_docs_pages_in_chromium(site, tmp_path):
 def test_docs_index_and_api_pages(site):
     index = (site / 'index.html').read_text()
     assert '<title>' in index and 'crossformer_seg' in index and 'Long short distance attention' in index
+    for nb in sorted((ROOT / 'nbs').glob('[0-9]*.ipynb')):   # the notebook table links every page
+        assert f'href="{nb.stem.split("_", 1)[1]}.html"' in index, f'the index does not link {nb.name}'
+    assert 'Getting started' in index and 'crossformer-seg demo' in index
     api = (site / 'backbone.html').read_text()
     assert 'CrossFormer backbone' in api and 'CrossScaleEmbedding' in api and 'DynamicPosBias' in api
 
