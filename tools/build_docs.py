@@ -99,6 +99,21 @@ def param_table(md):
     if ret: out.append(f'| **Returns** | {cell(ret[0])} |  | {cell(ret[1])} |')
     return '\n\n' + '\n'.join(out)
 
+def _true_signature(md):
+    """`class X(*args, **kwargs)` is what inspection gives for a `NamedTuple` and for an exception without its own
+    `__init__`; the entry's source link names the module, so the fields (or `message`) are shown instead."""
+    m = re.search(r'crossformer_seg/(\w+)\.py#L\d+.*?#+ ([A-Z]\w*)\n\n```python\nclass \2\(\n    \*args, \*\*kwargs\n\):', md, re.S)
+    if not m: return md
+    import importlib, inspect
+    try: obj = getattr(importlib.import_module(f'crossformer_seg.{m.group(1)}'), m.group(2))
+    except (ImportError, AttributeError): return md
+    if hasattr(obj, '_fields'):
+        params = ', '.join(f'{n}:{getattr(p.annotation, "__name__", p.annotation)}' + ('' if p.default is p.empty else f'={p.default!r}')
+                           for n, p in inspect.signature(obj).parameters.items())
+    elif issubclass(obj, BaseException) and '__init__' not in vars(obj): params = 'message'
+    else: return md
+    return md.replace('    *args, **kwargs\n):', f'    {params}\n):', 1)
+
 def clean_outputs(proc):
     "Apply `clean_signature` to every `show_doc` entry (markdown output) of the staged notebooks, and add its `param_table`."
     for nb in proc.glob('*.ipynb'):
@@ -107,7 +122,7 @@ def clean_outputs(proc):
             for o in c.get('outputs', []):
                 md = o.get('data', {}).get('text/markdown')
                 if md is None: continue
-                new = clean_signature(''.join(md) if isinstance(md, list) else md)
+                new = _true_signature(clean_signature(''.join(md) if isinstance(md, list) else md))
                 new += param_table(new)
                 if new != md: o['data']['text/markdown'], changed = new, True
         if changed: nb.write_text(json.dumps(d))
