@@ -6,7 +6,7 @@ notebooks' saved outputs; `tools/build_docs.py` does not execute them).
 Each notebook runs top to bottom with `nbs/` as the working directory, as `Run All` does; cells flagged `#| slow` are
 skipped (their saved outputs kept) unless `--slow` is given. Outputs are then written back for the cells a reader
 sees: not `#| hide`, not `show_doc` (the docs build renders those), not `#| export`. Streams on stderr (warnings,
-progress bars) are dropped; an output that holds a traceback, a `Warning:` line or a path of this machine is refused
+progress bars) and fastai's progress displays are dropped; an output that holds a traceback, a `Warning:` line or a path of this machine is refused
 with the cell named, so it is fixed at its source. Execution counts are not stored (fewer diffs).
 """
 import argparse, re, sys, time
@@ -31,10 +31,11 @@ def _text(o):
     return '\n'.join(v if isinstance(v, str) else ''.join(v) for k, v in d.items() if k.startswith('text/'))
 
 def keep(outputs):
-    "The outputs worth saving: no stderr streams; execute_result counts cleared."
+    "The outputs worth saving: no stderr streams, no fastai progress bars (nor the tables of the tiny test runs they draw)."
     out = []
     for o in outputs:
         if o.get('output_type') == 'stream' and o.get('name') == 'stderr': continue
+        if 'fastprogress' in _text(o) or '<progress' in _text(o): continue
         if o.get('output_type') == 'execute_result': o['execution_count'] = None
         out.append(o)
     return out
