@@ -28,7 +28,7 @@ from fastai.optimizer import OptimWrapper
 from safetensors.torch import load_file as _st_load, save_file as _st_save
 
 from .segmentor import SegLoss, build_segmentor
-from .checkpoint import save_checkpoint, load_checkpoint, unwrap_model
+from .checkpoint import save_checkpoint, load_checkpoint, unwrap_model, model_metadata
 from .data import ADEDataLoader, IterSampler
 from .metrics import SegMetrics, miou_metrics, rank_world, all_reduce_sum
 
@@ -371,7 +371,7 @@ class RunFolder(Callback):
             self._trim_log(self.learn.iteration)
         self.tb = _tensorboard(self.path) if self.main else None
     def _meta(self, it, **kw):
-        return dict(config=getattr(self.learn.plain_model, 'config', None), iteration=it, recipe=asdict(self.learn.recipe), **kw)
+        return dict(model_metadata(self.learn.plain_model), iteration=it, recipe=asdict(self.learn.recipe), **kw)
     def _trim_log(self, it):
         f = self.path/'log.csv'
         if not f.exists(): return
@@ -469,7 +469,7 @@ class SegLearner(Learner):
             state = dict(format=STATE_FORMAT, version=1, iteration=self.iteration, world_size=rank_world()[1],
                          recipe=asdict(self.recipe), data=self._data_position(), best=self.best, optimizer=opt_meta,
                          scaler=self.scaler.state_dict() if self.scaler is not None else None, rng=rngs)
-            meta = dict(config=getattr(self.plain_model, 'config', None), iteration=self.iteration)
+            meta = dict(model_metadata(self.plain_model), iteration=self.iteration)   # config, classes, palette
             with atomic_dir(path, 'checkpoint folder') as tmp:
                 save_checkpoint(self.plain_model, tmp/'model.safetensors', metadata=meta)
                 _save_tensors(tensors, tmp/'optimizer.safetensors')
