@@ -435,7 +435,9 @@ class SegDataset:
     colours: tuple = None        # the class colours of RGB masks (from classes.txt), else None
     mask_dir: str = 'annotations'
     @property
-    def num_classes(self): return len(self.classes)
+    def num_classes(self):
+        "How many classes the dataset's masks use: `len(classes)`."
+        return len(self.classes)
     def items(self, split='train'):
         "The `ADEPair`s of `split` ('train'/'val' or 'training'/'validation'; other names: a folder evaluated like val), sorted, paired."
         role = _ROLES.get(split, split)
