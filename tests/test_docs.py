@@ -117,6 +117,11 @@ def test_docs_pages_in_chromium(site, tmp_path):
             browser.open(base + page)
             browser.screenshot(tmp_path / f'{page}.png')
             facts[page] = f = json.loads(browser.js(PAGE_FACTS))
+            if f['images']:   # a second screenshot with the page's first figure in view
+                browser.js("(() => { const i = Array.from(document.images).find(i => i.naturalWidth > 200) || document.images[0];"
+                           " window.scrollTo({top: i.getBoundingClientRect().top + window.scrollY - 80, behavior: 'instant'}); })()")
+                time.sleep(0.3)
+                browser.screenshot(tmp_path / f'{page}.figure.png')
             if not f['title'].strip() or not f['h1'].strip(): problems.append(f'{page}: no title')
             if page != 'index.html' and f['api'] == 0: problems.append(f'{page}: no API entry or table')
             problems += [f'{page}: image {src} did not load' for src, ok in f['images'] if not ok]
