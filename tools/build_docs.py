@@ -4,6 +4,8 @@ cross-reference and the module index use), then `smalldocs render` turns them in
 `_quarto.yml`. Quarto itself cannot be installed here; nbdev's attempt to install it is harmless and its messages are
 filtered out. The renderer's warnings are printed, and the build fails on a broken link or a missing image.
 The API signatures that `show_doc` rendered are cleaned of what inspection leaves in them (see `clean_signature`).
+The pages show the outputs saved in the notebooks (the build executes only the `show_doc` cells, as nbdev does);
+`python tools/save_outputs.py nbs/NN_name.ipynb` re-runs a notebook in a kernel and saves the outputs a reader sees.
 
     python tools/build_docs.py
 """
