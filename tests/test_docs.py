@@ -195,3 +195,19 @@ def test_namedtuple_and_exception_signatures():
                                f'```python\nclass {name}(\n    *args, **kwargs\n):\n```')
     assert "class ADEPair(\n    image:Path, label:Path, split:str='training'\n):" in _true_signature(entry('data', 'ADEPair'))
     assert 'class UsageError(\n    message\n):' in _true_signature(entry('core', 'UsageError'))
+
+def test_save_outputs_keeps_what_a_reader_sees():
+    "tools/save_outputs.py: which cells' outputs are saved, which outputs are dropped, which are refused."
+    from types import SimpleNamespace as NS
+    import save_outputs as so
+    code = lambda s: NS(cell_type='code', source=s)
+    assert so.shown(code("print('hi')")) and so.shown(code('fig = dls.show_batch()'))
+    assert not any(so.shown(code(s)) for s in ('#| hide\nx = 1', '#| export\ndef f(): pass', 'show_doc(f)', '#| default_exp core'))
+    outs = [dict(output_type='stream', name='stderr', text='UserWarning: x'), dict(output_type='stream', name='stdout', text='ok\n'),
+            dict(output_type='display_data', data={'text/html': '<table class="fastprogress">'}, metadata={}),
+            dict(output_type='execute_result', execution_count=7, data={'text/plain': '3'}, metadata={})]
+    kept = so.keep(outs)
+    assert [o['output_type'] for o in kept] == ['stream', 'execute_result'] and kept[1]['execution_count'] is None
+    for bad in ('Traceback (most recent call last):', 'FutureWarning: soon', f'saved to {ROOT}/x.png', 'in /tmp/tmpab12/x.pth'):
+        assert so.LOCAL.search(bad), bad
+    assert not so.LOCAL.search('loaded 398 tensors from bad_fpn.pth')
