@@ -183,7 +183,8 @@ def test_param_table_from_docments():
 def test_entry_points_have_parameter_tables(site):
     "The main entry points are documented with docments comments, which the build turns into parameter tables."
     for page, name, param in [('segmentor', 'build_segmentor', 'name_or_config'), ('segmentor', 'inference', 'crop_size'),
-                              ('checkpoint', 'load_checkpoint', 'nonfinite')]:
+                              ('checkpoint', 'load_checkpoint', 'nonfinite'), ('data', 'ade20k_dls', 'crop_size'),
+                              ('metrics', 'evaluate', 'ratios'), ('learner', 'seg_learner', 'recipe')]:
         html = (site / f'{page}.html').read_text()
         entry = html[html.index(f'id="{name}"'):]
         entry = entry[:entry.find('<h3', 10) if '<h3' in entry[10:] else len(entry)]
