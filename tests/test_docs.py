@@ -170,6 +170,7 @@ def test_signatures_are_cleaned():
     assert 'class PairTransform(\n    seed=None\n)->LoadReport:' in out
     assert 'missing:list=[]' in out and 'act=partial(ReLU, inplace=True)' in out
     assert 'm:Callable | MutableSequence | None=None' in out
+    assert clean_signature('### R\n\n```python\ndef R(\n    path:str\n)->None:\n```') == '### R\n\n```python\nclass R(\n    path:str\n):\n```'
 
 def test_param_table_from_docments():
     from build_docs import param_table

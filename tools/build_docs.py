@@ -57,7 +57,8 @@ def clean_signature(md):
     md = re.sub(r':(list|dict|set|tuple)=<factory>', lambda m: f':{m.group(1)}={dict(list="[]", dict="{}", set="set()", tuple="()")[m.group(1)]}', md)
     md = re.sub(r"functools\.partial\(<class '(?:\w+\.)*(\w+)'>", r'partial(\1', md)
     md = re.sub(r':functools\.partial=', '=', md)   # the type fastcore infers from a `partial` default
-    return re.sub(r'(#+ ([A-Z]\w*)\n\n```python\n)def \2\(', r'\1class \2(', md)
+    md = re.sub(r'(#+ ([A-Z]\w*)\n\n```python\n)def \2\(', r'\1class \2(', md)
+    return re.sub(r'(```python\nclass [^`]*?\n\))->None:', r'\1:', md)   # a class's `__init__` returns None: not worth saying
 
 def _split_top(s, sep):
     "Split `s` at each `sep` outside brackets and quotes."
