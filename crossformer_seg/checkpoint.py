@@ -139,7 +139,9 @@ class LoadReport:
     reinitialised: list = field(default_factory=list)  # keys under `reinit` whose shape differs: left at the model's initialisation
 
     @property
-    def ok(self): return not (self.missing or self.unexpected or self.mismatched)
+    def ok(self):
+        "True when no key is missing, unexpected or of another shape (skipped keys and non-finite values aside)."
+        return not (self.missing or self.unexpected or self.mismatched)
 
     def lines(self, limit=20):
         "One line per problem key (at most `limit` per kind)."
@@ -217,7 +219,14 @@ def _nonfinite_message(path, bad, total, limit=5):
     more = f', ... and {len(bad) - limit} more' if len(bad) > limit else ''
     return f'checkpoint {path} has NaN or infinite values in {len(bad)} of {total} tensors: {names}{more}'
 
-def load_checkpoint(model: nn.Module, path, strict=True, nonfinite='warn', verify=True, reinit=()) -> LoadReport:
+def load_checkpoint(
+    model:nn.Module,                    # a segmentor, a backbone, or either wrapped by DDP / `torch.compile`
+    path,                               # `.safetensors` or `.pth` file: ImageNet, MMSegmentation, bare or DDP state dict
+    strict:bool=True,                   # raise `CheckpointMismatch` on missing, unexpected or mis-shaped keys
+    nonfinite:str='warn',               # NaN/inf weights: 'warn', 'error' (raise `NonFiniteError`) or 'ignore'
+    verify:bool=True,                   # check the file's integrity record when it has one
+    reinit=()                           # module prefixes (e.g. 'decode_head.conv_seg') whose tensors of another shape stay at the model's initialisation
+) -> LoadReport:                        # what was loaded, and every key left out with the reason
     "Load the checkpoint file `path` (ImageNet, MMSegmentation, bare/DDP, safetensors) into `model`; return the `LoadReport`."
     if nonfinite not in ('warn', 'error', 'ignore'): raise ValueError(f"load_checkpoint: nonfinite must be 'warn', 'error' or 'ignore', got {nonfinite!r}")
     ck = read_checkpoint(path, verify)

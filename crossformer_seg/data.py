@@ -367,8 +367,19 @@ def ade20k_datablock(crop_size=(512, 512), img_scale=(2048, 512), ratio_range=(0
                      item_tfms=train_transforms(crop_size, img_scale, ratio_range, cat_max_ratio) +
                                [AlignResizeNormalize(img_scale)])
 
-def ade20k_dls(root, bs=2, crop_size=(512, 512), num_workers=0, seed=None, device=None, img_scale=(2048, 512),
-               ratio_range=(0.5, 2.0), cat_max_ratio=0.75, check=True, **kwargs) -> DataLoaders:
+def ade20k_dls(
+    root,                               # an `ADEChallengeData2016` folder: images/ and annotations/, each with training/ and validation/
+    bs:int=2,                           # training images per batch (validation runs at batch size 1: its images differ in size)
+    crop_size:tuple=(512, 512),         # training crop (h, w)
+    num_workers:int=0,                  # data-loading processes
+    seed:int|None=None,                 # seed of the sample order and the augmentations (None: a random one)
+    device=None,                        # where batches go (None: fastai's default device)
+    img_scale:tuple=(2048, 512),        # (long, short) side bound of the resize at ratio 1 (training) and of AlignResize (validation)
+    ratio_range:tuple=(0.5, 2.0),       # training resize ratio range
+    cat_max_ratio:float=0.75,           # re-draw a crop in which one class covers more than this share
+    check:bool=True,                    # read every label's size from its file header first (a bad file fails here, not mid-run)
+    **kwargs                            # passed to fastai's `DataBlock.dataloaders`
+) -> DataLoaders:
     "fastai `DataLoaders` over an `ADEChallengeData2016` folder: shuffled training crops, validation at batch size 1."
     root = Path(root)
     items = _all_items(root)                  # layout and pairing checks before anything is built
@@ -424,7 +435,9 @@ class SegDataset:
     colours: tuple = None        # the class colours of RGB masks (from classes.txt), else None
     mask_dir: str = 'annotations'
     @property
-    def num_classes(self): return len(self.classes)
+    def num_classes(self):
+        "How many classes the dataset's masks use: `len(classes)`."
+        return len(self.classes)
     def items(self, split='train'):
         "The `ADEPair`s of `split` ('train'/'val' or 'training'/'validation'; other names: a folder evaluated like val), sorted, paired."
         role = _ROLES.get(split, split)

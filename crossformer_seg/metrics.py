@@ -102,7 +102,9 @@ class ConfusionMatrix:
         self.mat = all_reduce_sum(self.mat)
         return self
 
-    def metrics(self): return metrics_from_confusion(self.mat)
+    def metrics(self):
+        "aAcc / mIoU / mAcc and per-class IoU / Acc of the counts so far (`metrics_from_confusion`)."
+        return metrics_from_confusion(self.mat)
     def __repr__(self): return f'ConfusionMatrix({self.num_classes} classes, {int(self.mat.sum())} labelled pixels)'
 
 # %% ../nbs/09_metrics.ipynb #c015
@@ -167,7 +169,9 @@ class SegMetrics:
         self.cm, self._result = ConfusionMatrix(num_classes, ignore_index), None
         self.metrics = [SegMetricColumn(self, n, i == 0) for i, n in enumerate(names)]
 
-    def reset(self): self.cm.reset(); self._result = None
+    def reset(self):
+        "Zero the counts before a validation pass."
+        self.cm.reset(); self._result = None
 
     def accumulate(self, learn):
         "Add the batch in `learn` (`pred`: logits or a tuple whose first item is, `yb[0]`: labels) to the matrix."
@@ -191,13 +195,17 @@ class SegMetricColumn(Metric):
     "One recorder column of a `SegMetrics`; the first column of the group resets and accumulates for all."
     def __init__(self, group, name, first): self.group, self._name, self.first = group, name, first
     @property
-    def name(self): return self._name
+    def name(self):
+        "The recorder column's title: 'mIoU', 'mAcc' or 'aAcc'."
+        return self._name
     def reset(self):
         if self.first: self.group.reset()
     def accumulate(self, learn):
         if self.first: self.group.accumulate(learn)
     @property
-    def value(self): return self.group.value(self._name)
+    def value(self):
+        "This column's metric over the last validation pass."
+        return self.group.value(self._name)
 
 def miou_metrics(num_classes=150, ignore_index=IGNORE_INDEX, names=('mIoU', 'mAcc', 'aAcc')):
     "The recorder columns of one `SegMetrics`: `Learner(dls, model, metrics=miou_metrics(150))`."
@@ -212,8 +220,21 @@ def shard_items(items, rank, world):
 # %% ../nbs/09_metrics.ipynb #c045
 def _one_line(e): return ' '.join(str(e).split()) or type(e).__name__
 
-def evaluate(model, data, mode='whole', ratios=None, flip=False, split='validation', device=None, show_dir=None,
-             progress=True, num_classes=None, ignore_index=IGNORE_INDEX, img_scale=(2048, 512), reader=None):
+def evaluate(
+    model,                              # a segmentor (DDP / compiled wrappers are unwrapped)
+    data,                               # an `ADEChallengeData2016` folder, or a list of (image, label) paths
+    mode:str='whole',                   # 'whole' or 'slide' inference
+    ratios:list|None=None,              # multi-scale ratios (None: one scale)
+    flip:bool=False,                    # also average the mirrored image's prediction
+    split:str='validation',             # the split of a folder `data`
+    device=None,                        # move the model there first (None: where its parameters are)
+    show_dir=None,                      # folder for an image + prediction picture per image (None: none)
+    progress:bool=True,                 # a progress bar on the main process
+    num_classes:int|None=None,          # classes of the confusion matrix (None: `model.num_classes`)
+    ignore_index:int=IGNORE_INDEX,      # label value left out of the metrics (255)
+    img_scale:tuple=(2048, 512),        # AlignResize bound of the test pipeline
+    reader=None                         # reads one (image, label) pair (None: `read_pair`; a dataset's own `read_pair`)
+) -> dict:                              # aAcc, mIoU, mAcc, per-class IoU and Acc, image count, confusion matrix
     "aAcc / mIoU / mAcc, per-class IoU / Acc, image count and confusion matrix of `model` (moved to `device` if given) on a split; streamed, one shard per process."
     items = ade20k_items(data, split) if isinstance(data, (str, os.PathLike)) else list(data)
     model = unwrap_model(model)
