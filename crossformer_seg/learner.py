@@ -238,7 +238,7 @@ class IterTrainer(Callback):
         if self.micro < self.accum - 1: raise CancelBatchException()   # keep accumulating: no step, no zero_grad
     def before_step(self):
         lr = lr_at(self.learn.recipe, self.learn.iteration)
-        for g in self.learn.opt.param_groups: g['lr'] = lr
+        self.learn.opt.set_hyper('lr', lr)   # fastai's setter reaches torch's param groups (`opt.param_groups` is a copy)
         self.learn.stepped, scaler = True, self.learn.scaler
         if self.clip_grad:
             if scaler is not None: scaler.unscale_(self.learn.opt.opt)
@@ -394,7 +394,7 @@ class RunFolder(Callback):
             loss = all_reduce_sum(loss) / rank_world()[1]
         now = time.time()
         if self.main:
-            self._row(iter=it, lr=f'{lr_at(self.learn.recipe, it - 1):.6e}', loss=f'{loss.item() / max(self._n, 1):.6f}',
+            self._row(iter=it, lr=f'{self.learn.opt.hypers[0]["lr"]:.6e}', loss=f'{loss.item() / max(self._n, 1):.6f}',
                       sec_per_iter=f'{(now - self._t) / max(it - self._last, 1):.4f}')
         self._loss, self._n, self._t, self._last = 0., 0, now, it
     def after_batch(self):

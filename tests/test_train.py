@@ -48,6 +48,22 @@ def test_schedule_matches_mmcv_formulas(name):
         assert lr_at(r, 80_000) == 0.
 
 
+def test_optimizer_steps_at_the_schedule(demo):
+    "The rate torch's AdamW uses at each step, in every parameter group, is the schedule's (warm-up, then poly)."
+    from fastai.callback.core import Callback
+    from crossformer_seg.learner import seg_learner
+    class RecordLR(Callback):
+        order = 100
+        def before_fit(self): self.lrs = []
+        def after_step(self): self.lrs.append([g['lr'] for g in self.learn.opt.opt.param_groups])
+    dls = ade20k_dls(demo, bs=2, crop_size=(64, 64), seed=0, device='cpu')
+    learn = seg_learner('tiny_upernet', dls, recipe='upernet', max_iters=5, warmup_iters=3, total_batch=2, eval_interval=0, cbs=RecordLR())
+    with learn.no_bar(), learn.no_logging(): learn.fit_iters()
+    want = [mmcv_lr(6e-5, it, 5, 1.0, 3) for it in range(5)]
+    assert len(learn.record_lr.lrs) == 5 and all(len(g) == 2 for g in learn.record_lr.lrs)
+    for got, w in zip(learn.record_lr.lrs, want): assert all(abs(x - w) <= 1e-12 * w for x in got), (got, w)
+
+
 def test_upernet_no_decay_parameters():
     "Exactly the LayerNorms of the embedding, of every block and of every merging get weight decay 0 (names containing 'norm')."
     model = build_segmentor('upernet_crossformer_s')
