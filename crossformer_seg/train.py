@@ -297,7 +297,7 @@ def main(argv=None):
 if __name__ == '__main__': sys.exit(main())
 
 # %% ../nbs/11_train.ipynb #c027
-DEMO = dict(config='tiny_fpn', iters=300, batch_size=8, total_batch=8, lr=2e-3, crop_size=[128, 128], img_scale=[512, 128],
+DEMO = dict(config='tiny_fpn', iters=400, batch_size=8, total_batch=8, lr=2e-3, crop_size=[128, 128], img_scale=[512, 128],
             eval_interval=100, checkpoint_interval=100, keep=1, log_interval=20, n_train=32, n_val=8)
 
 def demo_arguments(p):
