@@ -124,11 +124,16 @@ def attention_layout(H, W, group_size, interval, long_distance):
     group = (size, size) if kind == 'SDA' else (Hp // size, Wp // size)
     return kind, size, pad_b, pad_r, group
 
+def _min(a, b):
+    "min of ints or SymInts, or of 0-d tensors (sizes become tensors under `torch.jit.trace`, which fvcore uses)."
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor): return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
+    return torch.sym_min(a, b)
+
 def layout_args(H, W, group_size, interval, long_distance):
     "`attention_layout`'s choice as integers `(sda, size)` (`sda` 1 or 0), computed without branches so H, W may be symbolic."
-    m = torch.sym_min(H, W)
-    if not long_distance: return 1, torch.sym_min(group_size, m)
-    small = torch.sym_min(group_size // m, 1)                        # 1 when min(H, W) <= G: SDA over the short side
+    m = _min(H, W)
+    if not long_distance: return 1, _min(group_size, m)
+    small = _min(group_size // m, 1)                        # 1 when min(H, W) <= G: SDA over the short side
     return small, small * m + (1 - small) * interval
 
 # %% ../nbs/01_backbone.ipynb #c026b

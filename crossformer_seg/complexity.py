@@ -10,6 +10,7 @@ __all__ = ['MODULE_OPS', 'CONVENTIONS', 'PARTS', 'CACHE_SHAPES', 'CACHE_ENTRIES'
            'table_markdown', 'plot_tradeoff']
 
 # %% ../nbs/12_complexity.ipynb #c003
+from .core import UsageError, atomic_write   # first: it silences a known third-party import warning
 import copy, hashlib, json, math, time, warnings
 from collections import Counter
 from decimal import Decimal, ROUND_HALF_UP
@@ -18,7 +19,6 @@ import torch
 import torch.nn as nn
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape, conv_flop_count
-from .core import UsageError, atomic_write
 from .backbone import MIN_INPUT_SIZE
 from .segmentor import SEG_CONFIGS, build_segmentor, resolve_config
 import pandas as pd

@@ -101,12 +101,16 @@ def remove_stale_temporaries(path):
     return gone
 
 def check_writable_dir(path, what='output folder'):
-    "`UsageError` unless folder `path` exists and is writable or could be made (checks only: creates nothing)."
+    "`UsageError` unless folder `path` exists and is writable or could be made (checks only: leaves nothing behind)."
     path = Path(path)
     probe = path if path.exists() else next(p for p in path.parents if p.exists())
     if not probe.is_dir():
         raise UsageError(f'{what} {path}: ' + ('is a file, not a folder' if probe == path else f'{probe} is a file, not a folder'))
-    if not os.access(probe, os.W_OK | os.X_OK): raise UsageError(f'{what} {path}: folder {probe} is not writable')
+    try:  # a real write probe: `os.access` says yes to root even on a read-only mount
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix='.write-probe.'); os.close(fd); os.remove(tmp)
+    except OSError as e:
+        where = f'{what} {path}' + ('' if probe == path else f': folder {probe}')
+        raise UsageError(f'{where} is not writable ({e.strerror or e})') from None
     return path
 
 def _prepare(path, what):

@@ -10,6 +10,7 @@ __all__ = ['RECIPES', 'CHECKPOINT_FILES', 'STATE_FORMAT', 'LOG_FIELDS', 'Recipe'
            'latest_checkpoint', 'prune_checkpoints', 'RunFolder', 'RankCheck', 'SegLearner', 'seg_learner']
 
 # %% ../nbs/10_learner.ipynb #c002
+from .core import atomic_dir, atomic_write, remove_stale_temporaries   # first: it silences a known third-party import warning
 import base64, csv, hashlib, json, math, os, random, re, shutil, time
 from dataclasses import dataclass, asdict, replace, fields
 from functools import partial
@@ -26,7 +27,6 @@ from fastai.callback.progress import ProgressCallback
 from fastai.optimizer import OptimWrapper
 from safetensors.torch import load_file as _st_load, save_file as _st_save
 
-from .core import atomic_dir, atomic_write, remove_stale_temporaries
 from .segmentor import SegLoss, build_segmentor
 from .checkpoint import save_checkpoint, load_checkpoint, unwrap_model
 from .data import ADEDataLoader, IterSampler

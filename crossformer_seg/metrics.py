@@ -8,7 +8,8 @@ __all__ = ['confusion_matrix', 'rank_world', 'all_reduce_sum', 'ConfusionMatrix'
            'SegMetricColumn', 'miou_metrics', 'shard_items', 'evaluate', 'test_arguments', 'run_test']
 
 # %% ../nbs/09_metrics.ipynb #c003
-import hashlib, json, math, os, sys, tempfile, warnings
+from .core import UsageError, atomic_write, check_writable_dir, command_main, plain_tensor   # first: it silences a known third-party import warning
+import hashlib, json, math, os, sys, warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,6 @@ from fastai.learner import Metric
 from fastprogress.fastprogress import progress_bar
 
 from . import __version__
-from .core import UsageError, atomic_write, check_writable_dir, command_main, plain_tensor
 from .checkpoint import CheckpointMismatch, read_checkpoint, unwrap_model
 from .transforms import IGNORE_INDEX
 from .data import ADE20K_CLASSES, ade20k_items, check_sizes, read_pair
@@ -280,9 +280,7 @@ def _check_out(out):
     out = Path(out)
     if out.is_dir(): raise UsageError(f'--out {out}: is a folder; give a file name such as {out/"eval.json"}')
     if not out.parent.is_dir(): raise UsageError(f'--out {out}: folder {out.parent} does not exist')
-    try:  # a real write probe: permissions, read-only mounts and root all answer truthfully
-        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f'.{out.name}.', suffix='.probe'); os.close(fd); os.remove(probe)
-    except OSError as e: raise UsageError(f'--out {out}: folder {out.parent} is not writable ({e.strerror or e})') from None
+    check_writable_dir(out.parent, f'--out {out}: folder')   # a real write probe
 
 def _sha256(path, chunk=1 << 20):
     h = hashlib.sha256()
