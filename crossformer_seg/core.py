@@ -4,14 +4,15 @@
 
 # %% auto #0
 __all__ = ['plain_tensor', 'UsageError', 'ImageReadError', 'NonFiniteError', 'nonfinite_counts', 'print_error', 'run_command',
-           'command_main', 'remove_stale_temporaries', 'check_writable_dir', 'check_parent', 'atomic_write',
-           'atomic_dir']
+           'command_main', 'run_as_script', 'remove_stale_temporaries', 'check_writable_dir', 'check_parent',
+           'atomic_write', 'atomic_dir']
 
 # %% ../nbs/00_core.ipynb #c002
 import argparse, os, re, shutil, sys, tempfile, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
+from fastcore.imports import IN_NOTEBOOK
 import torch
 
 # %% ../nbs/00_core.ipynb #c003x
@@ -69,6 +70,11 @@ def command_main(add_arguments, run, argv=None, prog=None, description=None):
     if not any(a.dest == 'debug' for a in p._actions): p.add_argument('--debug', action='store_true', help='show tracebacks of errors')
     args = p.parse_args(None if argv is None else list(map(str, argv)))
     return run_command(run, args, getattr(args, 'debug', False))
+
+# %% ../nbs/00_core.ipynb #c013g
+def run_as_script(name):
+    "True for a module's `__name__` when it runs as `python -m ...`; False in a notebook kernel, whose code is also `__main__`."
+    return name == '__main__' and not IN_NOTEBOOK
 
 # %% ../nbs/00_core.ipynb #c015
 def _pid_alive(pid):

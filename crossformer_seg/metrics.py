@@ -8,7 +8,7 @@ __all__ = ['confusion_matrix', 'rank_world', 'all_reduce_sum', 'ConfusionMatrix'
            'SegMetricColumn', 'miou_metrics', 'shard_items', 'evaluate', 'test_arguments', 'run_test']
 
 # %% ../nbs/09_metrics.ipynb #c003
-from .core import UsageError, atomic_write, check_writable_dir, command_main, plain_tensor   # first: it silences a known third-party import warning
+from .core import UsageError, atomic_write, check_writable_dir, command_main, run_as_script, plain_tensor   # first: it silences a known third-party import warning
 import hashlib, json, math, os, sys, warnings
 from pathlib import Path
 
@@ -360,6 +360,6 @@ def run_test(args):
         if created: dist.destroy_process_group()
 
 # %% ../nbs/09_metrics.ipynb #c060
-if __name__ == '__main__':
+if run_as_script(__name__):
     sys.exit(command_main(test_arguments, run_test, prog='python -m crossformer_seg.metrics',
                           description='evaluate a segmentor on a split (the `test` command)'))

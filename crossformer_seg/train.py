@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback
 
-from .core import UsageError, atomic_write, check_writable_dir, command_main, print_error
+from .core import UsageError, atomic_write, check_writable_dir, command_main, run_as_script, print_error
 from .segmentor import SEG_CONFIGS, resolve_config, build_segmentor
 from .checkpoint import load_checkpoint, CheckpointMismatch
 from .data import ade20k_dls, ade20k_items, overlay, read_image, read_label
@@ -337,7 +337,7 @@ def main(argv=None):
                         description='Train a CrossFormer segmentor (Semantic FPN / UPerNet) on an ADE20K folder.')
 
 # %% ../nbs/11_train.ipynb #c023
-if __name__ == '__main__': sys.exit(main())
+if run_as_script(__name__): sys.exit(main())
 
 # %% ../nbs/11_train.ipynb #c027
 DEMO = dict(config='tiny_fpn', iters=400, batch_size=8, total_batch=8, lr=2e-3, crop_size=[128, 128], img_scale=[512, 128],
