@@ -453,7 +453,9 @@ class CrossFormerClassifier(CrossFormer):
         self.reset_classifier(num_classes, global_pool)
 
     @torch.jit.ignore
-    def get_classifier(self): return self.head
+    def get_classifier(self):
+        "The classifier head (timm's API): `nn.Linear`, or `nn.Identity` after `reset_classifier(0)`."
+        return self.head
 
     def reset_classifier(self, num_classes, global_pool=None):
         "A new linear head for `num_classes` (0: none); `global_pool` 'avg' (the default) or '' (no pooling)."
@@ -474,6 +476,7 @@ class CrossFormerClassifier(CrossFormer):
         return self.forward_intermediates(x, indices=1)[0]
 
     def forward_head(self, x, pre_logits=False):
+        "Class logits of final tokens `x` (B, L, C): average-pooled, then the head; `pre_logits=True` stops before the head."
         x = x.mean(dim=1) if self.global_pool == 'avg' else x
         return x if pre_logits else self.head(x)
 

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['AUG_TEST_RATIOS', 'preprocess_image', 'segment_image', 'collect_images', 'output_stems', 'label_png', 'side_by_side',
-           'save_image', 'predict_arguments', 'parse_device', 'load_segmentor', 'run_predict']
+           'save_image', 'predict_arguments', 'parse_device', 'set_classes', 'load_segmentor', 'load_pretrained',
+           'run_predict']
 
 # %% ../nbs/08_inference.ipynb #c002
 import os, traceback
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 from .core import UsageError, ImageReadError, NonFiniteError, atomic_write, check_writable_dir, print_error
 from .transforms import align_resize, normalize, ratio_scale
-from .data import IMAGE_EXTS, ADE20K_PALETTE, read_image, overlay, image_size_problem, _to_rgb
+from .data import IMAGE_EXTS, ADE20K_PALETTE, ADE20K_CLASSES, distinct_palette, read_image, overlay, image_size_problem, _to_rgb
 from .segmentor import inference
 
 # %% ../nbs/08_inference.ipynb #c005
@@ -86,7 +87,8 @@ def save_image(im, path, **kwargs):
 def predict_arguments(p):
     "Arguments of `crossformer-seg predict`."
     p.add_argument('images', nargs='+', metavar='IMAGES_OR_DIR', help='image files and/or folders of images')
-    p.add_argument('--config', required=True, help='named model config, e.g. fpn_crossformer_s, upernet_crossformer_b')
+    p.add_argument('--config', help='named model config, e.g. fpn_crossformer_s, for checkpoints that do not describe their model '
+                                    '(original / MMSegmentation files); those crossformer-seg train writes carry their config and classes')
     p.add_argument('--checkpoint', required=True, help='checkpoint file (ours, MMSegmentation, bare state dict)')
     p.add_argument('--out', required=True, help='output folder for <stem>.png and <stem>_overlay.jpg')
     p.add_argument('--mode', choices=('whole', 'slide'), default='whole', help='whole-image or sliding-window inference')
@@ -106,20 +108,47 @@ def _check_checkpoint_file(checkpoint):
     if not Path(checkpoint).is_file():
         raise UsageError(f'--checkpoint {checkpoint}: ' + ('is a folder, not a file' if Path(checkpoint).is_dir() else 'checkpoint not found'))
 
+def _model_config(checkpoint):
+    "The model config a checkpoint's metadata gives (a dict or a config name), else None."
+    from crossformer_seg.segmentor import SEG_CONFIGS
+    from crossformer_seg.checkpoint import checkpoint_metadata
+    try: cfg = checkpoint_metadata(checkpoint).get('config')
+    except Exception: return None   # unreadable: load_checkpoint says why
+    return cfg if isinstance(cfg, dict) or cfg in SEG_CONFIGS else None
+
+def set_classes(model, meta=None):
+    "Give `model` its `.classes` and `.palette`: from checkpoint metadata `meta` when they fit its class count, else ADE20K's (150) or generated."
+    meta, n = meta or {}, model.num_classes
+    classes, palette = meta.get('classes'), meta.get('palette')
+    model.classes = tuple(classes) if classes and len(classes) == n else ADE20K_CLASSES if n == 150 else tuple(f'class {i}' for i in range(n))
+    model.palette = tuple(map(tuple, palette)) if palette and len(palette) == n else ADE20K_PALETTE if n == 150 else distinct_palette(n)
+    if meta.get('reduce_zero_label') is not None: model.reduce_zero_label = bool(meta['reduce_zero_label'])
+    return model
+
 def load_segmentor(config, checkpoint, device='cpu', nonfinite='error'):
-    "Build the named `config` and load `checkpoint` strictly (a whole segmentor, finite weights); `UsageError` otherwise."
+    "Build `config` (None: the one `checkpoint` describes) and load `checkpoint` strictly, with its classes; `UsageError` otherwise."
     from crossformer_seg.segmentor import build_segmentor, resolve_config
-    from crossformer_seg.checkpoint import load_checkpoint, CheckpointMismatch
+    from crossformer_seg.checkpoint import load_checkpoint, CheckpointMismatch, checkpoint_metadata
+    _check_checkpoint_file(checkpoint)
+    if config is None:
+        config = _model_config(checkpoint)
+        if config is None: raise UsageError(f'--checkpoint {checkpoint}: does not describe its model (no config in its metadata, as in '
+                                            'original and MMSegmentation files); give --config NAME')
     try: resolve_config(config)
     except ValueError as e: raise UsageError(f'--config {config}: {e}') from None
-    _check_checkpoint_file(checkpoint)
-    model = build_segmentor(config)
+    described = _model_config(checkpoint)   # a named --config takes the class count the checkpoint was trained with
+    model = build_segmentor(config, num_classes=described.get('num_classes') if isinstance(described, dict) else None)
     try: rep = load_checkpoint(model, checkpoint, strict=True, nonfinite=nonfinite)
     except CheckpointMismatch as e: raise UsageError(str(e)) from None
     except (FileNotFoundError, ValueError) as e: raise UsageError(f'--checkpoint {checkpoint}: {e}') from None
     if rep.target != 'model':  # an ImageNet / backbone-only file would leave the heads untrained
         raise UsageError(f'--checkpoint {checkpoint}: holds backbone weights only ({rep.format}); a trained segmentor is needed')
-    return model.to(device).eval()
+    return set_classes(model, checkpoint_metadata(checkpoint)).to(device).eval()
+
+def load_pretrained(path, device='cpu'):
+    "The trained segmentor in a checkpoint `crossformer-seg train` wrote: built from its config, its weights loaded, with `.classes` and `.palette`."
+    try: return load_segmentor(None, path, device)
+    except UsageError as e: raise ValueError(str(e).removeprefix('--checkpoint ')) from None
 
 # %% ../nbs/08_inference.ipynb #c023
 def _failure(e):
@@ -130,11 +159,12 @@ def _failure(e):
     return f'{type(e).__name__}: {" ".join(str(e).split())[:300]}'
 
 def run_predict(args):
-    "Segment `args.images` with `args.config` + `args.checkpoint` into `args.out`; exit code 0 ok, 1 some images failed."
+    "Segment `args.images` with `args.checkpoint` (and `args.config` for files that do not describe their model) into `args.out`; exit 0 ok, 1 some images failed."
     device = parse_device(args.device)
     from crossformer_seg.segmentor import resolve_config
-    try: resolve_config(args.config)
-    except ValueError as e: raise UsageError(f'--config {args.config}: {e}') from None
+    if args.config is not None:
+        try: resolve_config(args.config)
+        except ValueError as e: raise UsageError(f'--config {args.config}: {e}') from None
     _check_checkpoint_file(args.checkpoint)
     paths = collect_images(args.images)
     if not paths: raise UsageError(f'no images found in {", ".join(map(str, args.images))}')
@@ -153,8 +183,8 @@ def run_predict(args):
         try:
             if (why := image_size_problem(*img.size, ratio=min(ratios or [1.0]))): raise ValueError(f'the image {why}')
             labels = segment_image(model, img, args.mode, ratios, args.aug_test, device)
-            save_image(label_png(labels, ADE20K_PALETTE), out/f'{stem}.png')
-            save_image(side_by_side(img, labels), out/f'{stem}_overlay.jpg', quality=90)
+            save_image(label_png(labels, model.palette), out/f'{stem}.png')   # the dataset's colours
+            save_image(side_by_side(img, labels, model.palette), out/f'{stem}_overlay.jpg', quality=90)
         except Exception as e:   # KeyboardInterrupt is not an Exception: Ctrl-C still stops the job
             if getattr(args, 'debug', False): traceback.print_exc()
             print_error(f'cannot segment {path}: {_failure(e)}'); failed.append(path); continue

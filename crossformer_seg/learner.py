@@ -28,7 +28,7 @@ from fastai.optimizer import OptimWrapper
 from safetensors.torch import load_file as _st_load, save_file as _st_save
 
 from .segmentor import SegLoss, build_segmentor
-from .checkpoint import save_checkpoint, load_checkpoint, unwrap_model
+from .checkpoint import save_checkpoint, load_checkpoint, unwrap_model, model_metadata
 from .data import ADEDataLoader, IterSampler
 from .metrics import SegMetrics, miou_metrics, rank_world, all_reduce_sum
 
@@ -371,7 +371,7 @@ class RunFolder(Callback):
             self._trim_log(self.learn.iteration)
         self.tb = _tensorboard(self.path) if self.main else None
     def _meta(self, it, **kw):
-        return dict(config=getattr(self.learn.plain_model, 'config', None), iteration=it, recipe=asdict(self.learn.recipe), **kw)
+        return dict(model_metadata(self.learn.plain_model), iteration=it, recipe=asdict(self.learn.recipe), **kw)
     def _trim_log(self, it):
         f = self.path/'log.csv'
         if not f.exists(): return
@@ -422,6 +422,7 @@ class RunFolder(Callback):
         self._row(iter=it, **{k: f'{res[k]:.6f}' for k in ('mIoU', 'mAcc', 'aAcc') if isinstance(res.get(k), float)})
         if better: save_checkpoint(self.learn.plain_model, self.path/'best.safetensors', metadata=self._meta(it, mIoU=miou))
     def save(self, it):
+        "Save the training state of iteration `it` as `iter_{it}` and keep the newest `keep` of them."
         self.learn.save_training_state(self.path/f'iter_{it}')
         if self.main: prune_checkpoints(self.path, self.keep)
     def after_fit(self):
@@ -468,7 +469,7 @@ class SegLearner(Learner):
             state = dict(format=STATE_FORMAT, version=1, iteration=self.iteration, world_size=rank_world()[1],
                          recipe=asdict(self.recipe), data=self._data_position(), best=self.best, optimizer=opt_meta,
                          scaler=self.scaler.state_dict() if self.scaler is not None else None, rng=rngs)
-            meta = dict(config=getattr(self.plain_model, 'config', None), iteration=self.iteration)
+            meta = dict(model_metadata(self.plain_model), iteration=self.iteration)   # config, classes, palette
             with atomic_dir(path, 'checkpoint folder') as tmp:
                 save_checkpoint(self.plain_model, tmp/'model.safetensors', metadata=meta)
                 _save_tensors(tensors, tmp/'optimizer.safetensors')
@@ -496,8 +497,22 @@ class SegLearner(Learner):
         return state
 
 # %% ../nbs/10_learner.ipynb #c044
-def seg_learner(model_or_config, dls, recipe=None, metrics=None, work_dir=None, amp='no', clip_grad=None,
-                grad_checkpointing=False, keep=3, log_interval=50, num_classes=None, device=None, cbs=None, **recipe_overrides):
+def seg_learner(
+    model_or_config,                    # a segmentor, or a config name / dict for `build_segmentor`
+    dls,                                # `DataLoaders` from `ade20k_dls` (the training loader must be an `ADEDataLoader`)
+    recipe:str|None=None,               # 'fpn' or 'upernet' (None: from the model's config)
+    metrics=None,                       # fastai metrics (None: mIoU, mAcc, aAcc)
+    work_dir=None,                      # run folder for checkpoints, logs and evaluations (None: none written)
+    amp:str='no',                       # mixed precision: 'no', 'bf16' or 'fp16'
+    clip_grad:float|None=None,          # clip the gradient norm to this (None: no clipping)
+    grad_checkpointing:bool=False,      # recompute the backbone's blocks in the backward pass (less memory)
+    keep:int=3,                         # checkpoints kept in `work_dir`
+    log_interval:int=50,                # iterations between log lines
+    num_classes:int|None=None,          # classes of a model built from a config (None: the config's)
+    device=None,                        # where the model trains (None: the loaders' device)
+    cbs=None,                           # more fastai callbacks
+    **recipe_overrides                  # `Recipe` fields to change (`lr=`, `max_iters=`, ...)
+):
     "A `SegLearner` training `model_or_config` (a segmentor or a config name/dict) on `dls` (`ade20k_dls`) by the paper's `recipe`."
     model = build_segmentor(model_or_config, num_classes) if isinstance(model_or_config, (str, dict)) else model_or_config
     rec = get_recipe(recipe or recipe_name(getattr(model, 'config', None)), **recipe_overrides)

@@ -20,9 +20,9 @@ from fastai.learner import Metric
 from fastprogress.fastprogress import progress_bar
 
 from . import __version__
-from .checkpoint import CheckpointMismatch, read_checkpoint, unwrap_model
+from .checkpoint import CheckpointMismatch, read_checkpoint, unwrap_model, checkpoint_metadata
 from .transforms import IGNORE_INDEX
-from .data import ADE20K_CLASSES, ade20k_items, check_sizes, read_pair
+from .data import ADE20K_CLASSES, ade20k_items, check_sizes, read_pair, seg_dataset
 from .heads import resize
 from .inference import AUG_TEST_RATIOS, load_segmentor, parse_device, save_image, segment_image, side_by_side
 
@@ -102,7 +102,9 @@ class ConfusionMatrix:
         self.mat = all_reduce_sum(self.mat)
         return self
 
-    def metrics(self): return metrics_from_confusion(self.mat)
+    def metrics(self):
+        "aAcc / mIoU / mAcc and per-class IoU / Acc of the counts so far (`metrics_from_confusion`)."
+        return metrics_from_confusion(self.mat)
     def __repr__(self): return f'ConfusionMatrix({self.num_classes} classes, {int(self.mat.sum())} labelled pixels)'
 
 # %% ../nbs/09_metrics.ipynb #c015
@@ -167,7 +169,9 @@ class SegMetrics:
         self.cm, self._result = ConfusionMatrix(num_classes, ignore_index), None
         self.metrics = [SegMetricColumn(self, n, i == 0) for i, n in enumerate(names)]
 
-    def reset(self): self.cm.reset(); self._result = None
+    def reset(self):
+        "Zero the counts before a validation pass."
+        self.cm.reset(); self._result = None
 
     def accumulate(self, learn):
         "Add the batch in `learn` (`pred`: logits or a tuple whose first item is, `yb[0]`: labels) to the matrix."
@@ -191,13 +195,17 @@ class SegMetricColumn(Metric):
     "One recorder column of a `SegMetrics`; the first column of the group resets and accumulates for all."
     def __init__(self, group, name, first): self.group, self._name, self.first = group, name, first
     @property
-    def name(self): return self._name
+    def name(self):
+        "The recorder column's title: 'mIoU', 'mAcc' or 'aAcc'."
+        return self._name
     def reset(self):
         if self.first: self.group.reset()
     def accumulate(self, learn):
         if self.first: self.group.accumulate(learn)
     @property
-    def value(self): return self.group.value(self._name)
+    def value(self):
+        "This column's metric over the last validation pass."
+        return self.group.value(self._name)
 
 def miou_metrics(num_classes=150, ignore_index=IGNORE_INDEX, names=('mIoU', 'mAcc', 'aAcc')):
     "The recorder columns of one `SegMetrics`: `Learner(dls, model, metrics=miou_metrics(150))`."
@@ -212,8 +220,21 @@ def shard_items(items, rank, world):
 # %% ../nbs/09_metrics.ipynb #c045
 def _one_line(e): return ' '.join(str(e).split()) or type(e).__name__
 
-def evaluate(model, data, mode='whole', ratios=None, flip=False, split='validation', device=None, show_dir=None,
-             progress=True, num_classes=None, ignore_index=IGNORE_INDEX, img_scale=(2048, 512)):
+def evaluate(
+    model,                              # a segmentor (DDP / compiled wrappers are unwrapped)
+    data,                               # an `ADEChallengeData2016` folder, or a list of (image, label) paths
+    mode:str='whole',                   # 'whole' or 'slide' inference
+    ratios:list|None=None,              # multi-scale ratios (None: one scale)
+    flip:bool=False,                    # also average the mirrored image's prediction
+    split:str='validation',             # the split of a folder `data`
+    device=None,                        # move the model there first (None: where its parameters are)
+    show_dir=None,                      # folder for an image + prediction picture per image (None: none)
+    progress:bool=True,                 # a progress bar on the main process
+    num_classes:int|None=None,          # classes of the confusion matrix (None: `model.num_classes`)
+    ignore_index:int=IGNORE_INDEX,      # label value left out of the metrics (255)
+    img_scale:tuple=(2048, 512),        # AlignResize bound of the test pipeline
+    reader=None                         # reads one (image, label) pair (None: `read_pair`; a dataset's own `read_pair`)
+) -> dict:                              # aAcc, mIoU, mAcc, per-class IoU and Acc, image count, confusion matrix
     "aAcc / mIoU / mAcc, per-class IoU / Acc, image count and confusion matrix of `model` (moved to `device` if given) on a split; streamed, one shard per process."
     items = ade20k_items(data, split) if isinstance(data, (str, os.PathLike)) else list(data)
     model = unwrap_model(model)
@@ -225,10 +246,10 @@ def evaluate(model, data, mode='whole', ratios=None, flip=False, split='validati
     cm, done, error = ConfusionMatrix(num_classes, ignore_index), 0, None
     for item in (progress_bar(mine, leave=False) if progress and rank == 0 and mine else mine):
         try:
-            img, label = read_pair(item[0], item[1])
+            img, label = (reader or read_pair)(item[0], item[1])   # `reader`: a dataset's own (`SegDataset.read_pair`)
             pred = segment_image(model, img, mode, ratios, flip, device, img_scale)
             cm.update(pred, label)
-            if show_dir is not None: save_image(side_by_side(img, pred), Path(show_dir)/f'{Path(item[0]).stem}_overlay.jpg', quality=90)
+            if show_dir is not None: save_image(side_by_side(img, pred, getattr(model, 'palette', None)), Path(show_dir)/f'{Path(item[0]).stem}_overlay.jpg', quality=90)
             done += 1
         except Exception as e: error = e; break   # reported to every process below, so none waits forever
     failures = _all_gather_object(None if error is None else (_one_line(error), isinstance(error, (OSError, ValueError, UsageError))))
@@ -243,9 +264,13 @@ def evaluate(model, data, mode='whole', ratios=None, flip=False, split='validati
 # %% ../nbs/09_metrics.ipynb #c053
 def test_arguments(p):
     "Add the `test` command's arguments to the argparse parser `p`; returns `p`."
-    p.add_argument('--config', required=True, help='named model config, e.g. fpn_crossformer_s, upernet_crossformer_b')
+    p.add_argument('--config', help='named model config, e.g. fpn_crossformer_s, for checkpoints that do not describe their model '
+                                    '(original / MMSegmentation files); those crossformer-seg train writes carry their config and classes')
     p.add_argument('--checkpoint', required=True, help='trained segmentor checkpoint (ours, MMSegmentation, bare state dict)')
-    p.add_argument('--data', required=True, help='ADEChallengeData2016 folder (images/SPLIT, annotations/SPLIT)')
+    p.add_argument('--data', required=True, help='dataset folder: ADEChallengeData2016 (images/SPLIT, annotations/SPLIT) or a folder '
+                                                 'dataset (images/{train,val}, masks/{train,val}, classes.txt or the checkpoint\'s classes)')
+    p.add_argument('--reduce-zero-label', action='store_true', default=None,
+                   help="a folder dataset's masks number the classes 1..K, 0 = unlabelled (default: as the checkpoint was trained)")
     p.add_argument('--split', default='validation', help='split to evaluate (default: validation)')
     p.add_argument('--mode', choices=('whole', 'slide'), default='whole', help='whole-image or sliding-window inference')
     p.add_argument('--aug-test', action='store_true', help=f'multi-scale ({", ".join(map(str, AUG_TEST_RATIOS))}) + flip test')
@@ -298,9 +323,18 @@ def _mismatch(args, e):
     return (f'--checkpoint {args.checkpoint} does not fit --config {args.config} ({len(rep.missing)} missing, '
             f'{len(rep.unexpected)} unexpected, {len(rep.mismatched)} differently shaped tensors){hint}')
 
+def _dataset(args):
+    "The `SegDataset` of `--data`; a folder dataset without classes.txt takes the checkpoint's classes and label convention."
+    try: meta = checkpoint_metadata(args.checkpoint)
+    except Exception: meta = {}   # unreadable: loading it says why
+    root = Path(args.data)
+    own = any((root/'images'/s).is_dir() for s in ('train', 'val')) and not (root/'classes.txt').is_file()
+    rzl = args.reduce_zero_label if args.reduce_zero_label is not None else meta.get('reduce_zero_label')
+    return seg_dataset(root, meta.get('classes') if own else None, rzl)
+
 def _prepare(args, device):
-    "Check every input and build the model: `(model, items)`, or a `UsageError` naming the argument or file."
-    try: items = ade20k_items(args.data, args.split); check_sizes(items)
+    "Check every input and build the model: `(model, items, dataset)`, or a `UsageError` naming the argument or file."
+    try: ds = _dataset(args); items = ds.items(args.split); check_sizes(items)
     except (OSError, ValueError) as e: raise UsageError(f'--data {args.data}: {_one_line(e)}') from None
     _check_out(args.out)
     if args.show_dir: check_writable_dir(args.show_dir, '--show-dir')
@@ -309,7 +343,9 @@ def _prepare(args, device):
     except UsageError as e:
         if isinstance(e.__context__, CheckpointMismatch): raise UsageError(_mismatch(args, e.__context__)) from None
         raise
-    return model, items
+    if model.num_classes != ds.num_classes:
+        raise UsageError(f'--checkpoint {args.checkpoint} predicts {model.num_classes} classes but --data {args.data} has {ds.num_classes}')
+    return model, items, ds
 
 # %% ../nbs/09_metrics.ipynb #c057
 def _nan_to_none(x): return None if x is None or math.isnan(x) else float(x)
@@ -317,7 +353,7 @@ def _nan_to_none(x): return None if x is None or math.isnan(x) else float(x)
 def _report(args, res, class_names=ADE20K_CLASSES):
     "The JSON record of one evaluation (no process count or timing: the same for any number of processes)."
     aug = bool(args.aug_test)
-    return {'config': args.config,
+    return {'config': args.config or 'from the checkpoint',
             'checkpoint': str(Path(args.checkpoint).resolve()), 'checkpoint_sha256': _sha256(args.checkpoint),
             'data': str(Path(args.data).resolve()), 'split': args.split, 'images': res['images'],
             'mode': args.mode, 'aug_test': aug, 'ratios': list(AUG_TEST_RATIOS) if aug else [1.0], 'flip': aug,
@@ -342,17 +378,17 @@ def run_test(args):
         except UsageError as e: ready, err = None, str(e)
         errs = [e for e in _all_gather_object(err) if e]   # all processes stop if any cannot start
         if errs: return fail(errs[0])
-        model, items = ready
+        model, items, ds = ready
         ratios, flip = (AUG_TEST_RATIOS, True) if args.aug_test else (None, False)
         try: res = evaluate(model, items, args.mode, ratios, flip, device=device, show_dir=args.show_dir,
-                            progress=rank == 0 and sys.stdout.isatty(), img_scale=tuple(args.img_scale))
+                            progress=rank == 0 and sys.stdout.isatty(), img_scale=tuple(args.img_scale), reader=ds.read_pair)
         except (OSError, ValueError, UsageError) as e: return fail(_one_line(e))
         if rank == 0:
-            report = _report(args, res)
-            print(markdown_table(per_class_table(res)))
+            report = _report(args, res, ds.classes)   # the dataset's class names
+            print(markdown_table(per_class_table(res, ds.classes)))
             print(markdown_table(summary_table(res)))
             print(f"aAcc {100 * res['aAcc']:.2f}  mIoU {100 * res['mIoU']:.2f}  mAcc {100 * res['mAcc']:.2f}  "
-                  f"({res['images']} images of {args.data} {args.split}, {args.config}, {args.mode}"
+                  f"({res['images']} images of {args.data} {args.split}, {args.config or 'config from the checkpoint'}, {args.mode}"
                   f"{', aug-test' if args.aug_test else ''}{f', {world} processes' if world > 1 else ''}) -> {args.out}", flush=True)
             with atomic_write(args.out, 'results') as tmp: tmp.write_text(json.dumps(report, indent=1, allow_nan=False) + '\n')
         return 0

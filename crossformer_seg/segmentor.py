@@ -28,9 +28,13 @@ class EncoderDecoder(nn.Module):
         self.num_classes = decode_head.num_classes
 
     @property
-    def with_neck(self): return self.neck is not None
+    def with_neck(self):
+        "True for Semantic FPN (a neck between backbone and decode head)."
+        return self.neck is not None
     @property
-    def with_auxiliary_head(self): return self.auxiliary_head is not None
+    def with_auxiliary_head(self):
+        "True for UPerNet (an auxiliary FCN head, used for the loss only)."
+        return self.auxiliary_head is not None
 
     def set_grad_checkpointing(self, enable=True):
         "Recompute the backbone's blocks in the backward pass (less activation memory, more time)."
@@ -132,7 +136,12 @@ def _build_part(part, cfg, **extra):
     if typ not in registry: raise ValueError(f'build_segmentor: unknown {part} type {typ!r}; known: {", ".join(registry)}')
     return registry[typ](**kwargs, **extra)
 
-def build_segmentor(name_or_config, num_classes=None, norm_layer=nn.BatchNorm2d, **overrides):
+def build_segmentor(
+    name_or_config:str|dict,            # a key of `SEG_CONFIGS` ('upernet_crossformer_s', ...) or a config dict (`model.config`)
+    num_classes:int|None=None,          # classes of the heads; None keeps the config's (150, ADE20K)
+    norm_layer:type=nn.BatchNorm2d,     # the heads' norm layer (convert to SyncBN afterwards for multi-GPU)
+    **overrides                         # `backbone=`/`neck=`/`decode_head=`/`auxiliary_head=` dicts merged into those parts, or CrossFormer arguments
+) -> EncoderDecoder:                    # the model; its resolved config is `model.config`
     "An `EncoderDecoder` from a config name or dict; `num_classes` defaults to the config's (150); overrides as above."
     cfg = resolve_config(name_or_config, num_classes, **overrides)
     ac, nc = cfg.get('align_corners', False), cfg['num_classes']
@@ -172,8 +181,12 @@ class SegLoss:
         for aux in preds[1:]: loss = loss + self.aux_weight * self.cross_entropy(aux, target.long())
         return loss
 
-    def activation(self, x): return F.softmax(plain_tensor(x), dim=1)
-    def decodes(self, x): return x.argmax(dim=1)
+    def activation(self, x):
+        "Class probabilities (softmax over dim 1): what fastai's `get_preds` returns."
+        return F.softmax(plain_tensor(x), dim=1)
+    def decodes(self, x):
+        "Per-pixel class indices (argmax over dim 1): `get_preds(with_decoded=True)`'s labels."
+        return x.argmax(dim=1)
     def __repr__(self): return f'SegLoss(ignore_index={self.ignore_index}, aux_weight={self.aux_weight}, avg_non_ignore={self.avg_non_ignore})'
 
 # %% ../nbs/03_segmentor.ipynb #c026
@@ -252,8 +265,18 @@ def _check_ratios(ratios, size, fn):
     return list(ratios)
 
 @torch.no_grad()
-def inference(model, img, mode='whole', crop_size=(512, 512), stride=(341, 341), ratios=None, flip=False,
-              out_size=None, size_divisor=None, check_finite=True):
+def inference(
+    model:nn.Module,                    # an `EncoderDecoder`, or any module whose eval forward returns logits
+    img:torch.Tensor,                   # N x 3 x H x W float images, normalised with the ImageNet mean and std
+    mode:str='whole',                   # 'whole' (one pass) or 'slide' (windows of `crop_size` every `stride`)
+    crop_size:int|tuple=(512, 512),     # sliding window (h, w), or one int for a square
+    stride:int|tuple=(341, 341),        # step between windows (h, w)
+    ratios:list|None=None,              # rescale ratios of multi-scale testing (e.g. [0.5, 0.75, ..., 1.75]); None: one scale
+    flip:bool=False,                    # also predict on the mirrored image and average
+    out_size:tuple|None=None,           # size (h, w) of the returned logits; None: `img`'s size
+    size_divisor:int|None=None,         # round each rescaled size up to a multiple of it (the original's AlignResize)
+    check_finite:bool=True              # raise `NonFiniteError` on NaN/inf input or logits
+) -> torch.Tensor:                      # N x classes x H x W logits (log of averaged probabilities when averaging)
     "Logits at `out_size` (default: `img`'s size) by whole-image or sliding-window inference, optionally multi-scale / flipped."
     if mode not in ('whole', 'slide'): raise ValueError(f"inference: mode must be 'whole' or 'slide', got {mode!r}")
     img = _check_images(img, 'inference', check_finite)

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['TRAIN_DEFAULTS', 'RUN_KEYS', 'RUNTIME_KEYS', 'DEMO', 'train_arguments', 'find_resume', 'default_img_scale',
-           'resolve_run', 'build_model', 'load_pretrained', 'Terminated', 'sigterm_as_interrupt', 'StopOnSignal',
+           'resolve_run', 'build_model', 'init_from_pretrained', 'Terminated', 'sigterm_as_interrupt', 'StopOnSignal',
            'run_train', 'main', 'demo_arguments', 'demo_figure', 'run_demo']
 
 # %% ../nbs/11_train.ipynb #c003
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback
 
-from .core import UsageError, atomic_write, check_writable_dir, command_main, run_as_script, print_error
+from .core import UsageError, ImageReadError, atomic_write, check_writable_dir, command_main, run_as_script, print_error
 from .segmentor import SEG_CONFIGS, resolve_config, build_segmentor
-from .checkpoint import load_checkpoint, CheckpointMismatch
-from .data import ade20k_dls, ade20k_items, overlay, read_image, read_label
+from .checkpoint import load_checkpoint, CheckpointMismatch, CLASSIFIER_KEYS
+from .data import ade20k_dls, ade20k_items, overlay, read_image, read_label, seg_dataset, folder_dls
 from .learner import (RECIPES, get_recipe, recipe_name, seg_learner, latest_checkpoint, read_training_state,
                                      checkpoint_iteration, NonFiniteLoss, RankCheck)
 from .metrics import rank_world
@@ -31,17 +31,23 @@ from .metrics import rank_world
 # %% ../nbs/11_train.ipynb #c007
 TRAIN_DEFAULTS = dict(batch_size=2, crop_size=(512, 512), seed=0, amp='no', num_workers=2, keep=3, log_interval=50)
 RUN_KEYS = ('config', 'recipe', 'pretrained', 'iters', 'total_batch', 'lr', 'weight_decay', 'crop_size', 'img_scale',
-            'eval_interval', 'checkpoint_interval', 'seed', 'amp', 'clip_grad', 'dropout', 'drop_path')
+            'eval_interval', 'checkpoint_interval', 'seed', 'amp', 'clip_grad', 'dropout', 'drop_path', 'classes', 'reduce_zero_label')
 RUNTIME_KEYS = ('data', 'batch_size', 'num_workers', 'device', 'keep', 'log_interval', 'grad_checkpointing', 'check_ranks')
 
 def train_arguments(p):
     "Arguments of `crossformer-seg train` and `python -m crossformer_seg.train`."
     a = p.add_argument
     a('--config', metavar='NAME', help=f'model config: {", ".join(SEG_CONFIGS)} (required unless resuming)')
-    a('--data', metavar='ROOT', help='ADEChallengeData2016 folder: images/ and annotations/, each with training/ and validation/ '
-                                     '(required unless resuming)')
+    a('--data', metavar='ROOT', help='dataset folder (required unless resuming): ADEChallengeData2016 (images/ and annotations/, each '
+                                     'with training/ and validation/), or your own: images/{train,val}/* and masks/{train,val}/*.png '
+                                     '(or labels/, annotations/) paired by name, and classes.txt (one class per line, optionally R G B)')
+    a('--classes', metavar='A,B,C', help="class names of a folder dataset, comma-separated (instead of its classes.txt); masks hold "
+                                         "their indices 0..K-1, 255 = ignore")
+    a('--reduce-zero-label', action='store_true', default=None,
+      help='masks number the classes 1..K and 0 means unlabelled: 0 is ignored, k becomes k-1 (always on for ADE20K)')
     a('--pretrained', metavar='CKPT', help='initial weights: an original CrossFormer ImageNet checkpoint (into the backbone) or an '
-                                           'MMSegmentation / crossformer_seg segmentor checkpoint; the load report is printed')
+                                           'MMSegmentation / crossformer_seg segmentor checkpoint (with another class count, its '
+                                           'classifiers are re-initialised); the load report is printed')
     a('--recipe', choices=list(RECIPES), help="training schedule (default: 'upernet' for UPerNet configs, else 'fpn')")
     a('--iters', type=int, metavar='N', help='iterations (optimizer steps) to train (default: the recipe\'s, 80000 fpn, 160000 upernet)')
     a('--batch-size', type=int, metavar='B', help=f'images per process per forward pass (default {TRAIN_DEFAULTS["batch_size"]}); '
@@ -126,6 +132,7 @@ def resolve_run(args):
     given = {k: _norm(v) for k, v in vars(args).items() if v is not None and k in RUN_KEYS + RUNTIME_KEYS}
     for k in ('data', 'pretrained'):   # absolute, so that a resume from another folder finds them
         if k in given: given[k] = os.path.abspath(os.path.expanduser(given[k]))
+    if 'classes' in given: given['classes'] = [c.strip() for c in given['classes'].split(',')]
     if args.resume and args.auto_resume: raise UsageError('--resume and --auto-resume: give one of them')
     work_dir = Path(args.work_dir) if args.work_dir else None
     ckpt, saved, source = None, None, None
@@ -167,9 +174,13 @@ def resolve_run(args):
     _check_numbers(run)
     root = Path(run['data'])
     if not root.is_dir(): raise UsageError(f'--data {root}: no such folder')
-    for split in ('training', 'validation'):
-        try: ade20k_items(root, split)
-        except (FileNotFoundError, ValueError) as e: raise UsageError(f'--data {root}: {e}') from None
+    try:
+        ds = seg_dataset(root, run.get('classes'), run.get('reduce_zero_label'))
+        for split in ('train', 'val'): ds.items(split)
+    except (FileNotFoundError, ValueError) as e: raise UsageError(f'--data {root}: {e}') from None
+    run['num_classes'] = ds.num_classes   # the model's classifiers follow the class list
+    run['dataset'] = dict(layout=ds.layout, classes=list(ds.classes), palette=[list(c) for c in ds.palette],
+                          reduce_zero_label=ds.reduce_zero_label, colour_masks=ds.colours is not None)
     if run['pretrained'] and ckpt is None and not Path(run['pretrained']).is_file():
         raise UsageError(f'--pretrained {run["pretrained"]}: no such file')
     check_writable_dir(work_dir, '--work-dir')
@@ -196,11 +207,15 @@ def build_model(run):
         over.update({k: dict(dropout_ratio=run['dropout']) for k in ('decode_head', 'auxiliary_head') if cfg.get(k)})
     if run.get('drop_path') is not None: over['drop_path_rate'] = run['drop_path']
     torch.manual_seed(run['seed'])
-    return build_segmentor(run['config'], **over)
+    model = build_segmentor(run['config'], num_classes=run.get('num_classes'), **over)
+    if run.get('dataset'):   # what its checkpoints will say about the classes
+        d = run['dataset']
+        model.classes, model.palette, model.reduce_zero_label = tuple(d['classes']), tuple(map(tuple, d['palette'])), d['reduce_zero_label']
+    return model
 
-def load_pretrained(model, path, name='the model', quiet=False):
-    "Load `--pretrained` weights into `model` (the backbone for an ImageNet file); `UsageError` with the report if they do not fit."
-    try: rep = load_checkpoint(model, path, strict=False)
+def init_from_pretrained(model, path, name='the model', quiet=False):
+    "Load `--pretrained` weights into `model` (the backbone for an ImageNet file; classifiers of another class count re-initialised); `UsageError` with the report if they do not fit."
+    try: rep = load_checkpoint(model, path, strict=False, reinit=CLASSIFIER_KEYS)
     except (FileNotFoundError, ValueError) as e: raise UsageError(f'--pretrained {path}: {e}') from None
     if not rep.ok:
         if not quiet: print(str(rep), file=sys.stderr, flush=True)
@@ -256,12 +271,19 @@ def _any_process(flag, device):
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
+def _data_error(e):
+    "The one line of a bad image or mask met while training (also when a data-loading worker raised it), else None."
+    if isinstance(e, ImageReadError): return str(e)
+    if isinstance(e, RuntimeError) and 'ImageReadError: ' in str(e):   # torch re-raises a worker's error as text
+        return str(e).strip().splitlines()[-1].split('ImageReadError: ', 1)[1]
+    return None
+
 def _resume_hint(work_dir):
     last = latest_checkpoint(work_dir)
     return f'the last complete checkpoint is {last}: resume with --resume {work_dir}' if last else 'no checkpoint was written'
 
 def run_train(args):
-    "Train as `args` say (see `train_arguments`); returns the exit code: 0 done, 1 non-finite loss, 130 Ctrl-C, 143 SIGTERM."
+    "Train as `args` say (see `train_arguments`); returns the exit code: 0 done, 1 non-finite loss, 2 bad input, 130 Ctrl-C, 143 SIGTERM."
     with sigterm_as_interrupt() as term:
         try: return _run_train(args, term)
         except Terminated:   # before training began (once it has, `_run_train` says where it stopped)
@@ -279,10 +301,11 @@ def _run_train(args, term):
     try:
         run, ckpt, work_dir = resolve_run(args)
         model = build_model(run)
-        if run['pretrained'] and ckpt is None: load_pretrained(model, run['pretrained'], run['config'], quiet=not main_proc)
+        if run['pretrained'] and ckpt is None: init_from_pretrained(model, run['pretrained'], run['config'], quiet=not main_proc)
         try:
-            dls = ade20k_dls(run['data'], bs=run['batch_size'], crop_size=tuple(run['crop_size']), num_workers=run['num_workers'],
-                             seed=run['seed'], device=device, img_scale=tuple(run['img_scale']))
+            dls = folder_dls(seg_dataset(run['data'], run.get('classes'), run.get('reduce_zero_label')), bs=run['batch_size'],
+                             crop_size=tuple(run['crop_size']), num_workers=run['num_workers'], seed=run['seed'], device=device,
+                             img_scale=tuple(run['img_scale']))
         except (FileNotFoundError, ValueError) as e: raise UsageError(f'--data {run["data"]}: {e}') from None
         if run['total_batch'] % (run['batch_size'] * state.num_processes):
             raise UsageError(f'--total-batch {run["total_batch"]}: not a multiple of --batch-size {run["batch_size"]} x '
@@ -315,13 +338,17 @@ def _run_train(args, term):
             print(flush=True)   # end the progress bar's line
             print_error(f'{e.message}; {_resume_hint(work_dir)}')
         return 1
-    except BaseException as e:   # Ctrl-C or SIGTERM; after a SIGTERM, a data worker it also killed may be what raised
-        if not (isinstance(e, KeyboardInterrupt) or term): raise
-        if main_proc:
-            print(flush=True)
-            print(f'{"terminated (SIGTERM)" if term else "interrupted"} after {learn.iteration} iterations; {_resume_hint(work_dir)}',
-                  file=sys.stderr, flush=True)
-        return 143 if term else 130
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt) or term:   # Ctrl-C or SIGTERM (after which a data worker it killed may be what raised)
+            if main_proc:
+                print(flush=True)
+                print(f'{"terminated (SIGTERM)" if term else "interrupted"} after {learn.iteration} iterations; {_resume_hint(work_dir)}',
+                      file=sys.stderr, flush=True)
+            return 143 if term else 130
+        # a bad file met while training (mask values are checked when a mask is read): one line naming it
+        if not isinstance(e, Exception) or (line := _data_error(e)) is None: raise
+        if main_proc: print(flush=True); print_error(line)
+        return 2
     if main_proc:
         if run['check_ranks'] and state.num_processes > 1:
             print(f'check-ranks: weights bit-identical on all {state.num_processes} processes after each of '

@@ -192,20 +192,26 @@ class RatioResize(PairTransform):
     order = 10
     def __init__(self, img_scale=(2048, 512), ratio_range=(0.5, 2.0), seed=None):
         super().__init__(seed); self.img_scale, self.ratio_range = img_scale, ratio_range
-    def pair(self, img, lbl): return ratio_resize(img, lbl, float(self.rng.uniform(*self.ratio_range)), self.img_scale)
+    def pair(self, img, lbl):
+        "Resize `img` and `lbl` by a ratio drawn from `ratio_range`."
+        return ratio_resize(img, lbl, float(self.rng.uniform(*self.ratio_range)), self.img_scale)
 
 class CatMaxRatioCrop(PairTransform):
     "Random `crop_size` crop, re-drawn up to `tries` times while one class covers >= `cat_max_ratio` (`random_crop`)."
     order = 11
     def __init__(self, crop_size=(512, 512), cat_max_ratio=0.75, tries=10, seed=None):
         super().__init__(seed); self.crop_size, self.cat_max_ratio, self.tries = tuple(crop_size), cat_max_ratio, tries
-    def pair(self, img, lbl): return random_crop(img, lbl, self.crop_size, self.rng, self.cat_max_ratio, self.tries)
+    def pair(self, img, lbl):
+        "The same random `crop_size` window of `img` and `lbl`."
+        return random_crop(img, lbl, self.crop_size, self.rng, self.cat_max_ratio, self.tries)
 
 class PairFlip(PairTransform):
     "Horizontal flip of image and label together with probability `p`."
     order = 12
     def __init__(self, p=0.5, seed=None): super().__init__(seed); self.p = p
-    def pair(self, img, lbl): return hflip(img, lbl) if self.rng.random() < self.p else (img, lbl)
+    def pair(self, img, lbl):
+        "`img` and `lbl` mirrored together, with probability `p`."
+        return hflip(img, lbl) if self.rng.random() < self.p else (img, lbl)
 
 class PhotoMetricDistortion(PairTransform):
     "MMSegmentation's photometric distortion of the image (`photometric_params`); the label passes through."
@@ -214,20 +220,26 @@ class PhotoMetricDistortion(PairTransform):
         super().__init__(seed)
         self.kw = dict(brightness_delta=brightness_delta, contrast_range=contrast_range,
                        saturation_range=saturation_range, hue_delta=hue_delta)
-    def pair(self, img, lbl): return photometric_distortion(img, photometric_params(self.rng, **self.kw)), lbl
+    def pair(self, img, lbl):
+        "`img` with randomly drawn brightness, contrast, saturation and hue changes; `lbl` unchanged."
+        return photometric_distortion(img, photometric_params(self.rng, **self.kw)), lbl
 
 class NormalizePad(PairTransform):
     "Normalize the image, pad both to `size` (image 0, label 255); float32 image, int64 label."
     order = 14
     def __init__(self, size=(512, 512)): super().__init__(); self.size = tuple(size)
-    def pair(self, img, lbl): return pad_pair(normalize(img), lbl.long(), self.size)
+    def pair(self, img, lbl):
+        "Normalized float32 `img` and int64 `lbl`, both padded to `size`."
+        return pad_pair(normalize(img), lbl.long(), self.size)
 
 class AlignResizeNormalize(PairTransform):
     "Test pipeline: `align_resize` + `normalize` the image; the label keeps its original size (int64)."
     split_idx, order = 1, 10
     def __init__(self, img_scale=(2048, 512), size_divisor=32):
         super().__init__(); self.img_scale, self.size_divisor = img_scale, size_divisor
-    def pair(self, img, lbl): return normalize(align_resize(img, self.img_scale, self.size_divisor)), lbl.long()
+    def pair(self, img, lbl):
+        "`img` align-resized and normalized; `lbl` as int64 at its original size."
+        return normalize(align_resize(img, self.img_scale, self.size_divisor)), lbl.long()
 
 def train_transforms(crop_size=(512, 512), img_scale=(2048, 512), ratio_range=(0.5, 2.0), cat_max_ratio=0.75):
     "The training pipeline as a list of fastai transforms (resize, crop, flip, photometric, normalize + pad)."

@@ -88,6 +88,8 @@ PAGE_FACTS = """JSON.stringify({
   tables: document.querySelectorAll('table').length,
   images: Array.from(document.images).map(i => [(i.getAttribute('src') || '').slice(0, 80), i.complete && i.naturalWidth > 0]),
   ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),
+  heading_ids: Array.from(document.querySelectorAll('h2[id], h3[id]')).map(e => e.id),
+  nav: document.querySelectorAll('.nav-page-next, .nav-page-previous').length,
   links: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href')),
   text: document.body.innerText
 })"""
@@ -115,11 +117,25 @@ def test_docs_pages_in_chromium(site, tmp_path):
             browser.open(base + page)
             browser.screenshot(tmp_path / f'{page}.png')
             facts[page] = f = json.loads(browser.js(PAGE_FACTS))
+            if f['images']:   # a second screenshot with the page's first figure in view
+                browser.js("(() => { const i = Array.from(document.images).find(i => i.naturalWidth > 200) || document.images[0];"
+                           " window.scrollTo({top: i.getBoundingClientRect().top + window.scrollY - 80, behavior: 'instant'}); })()")
+                time.sleep(0.3)
+                browser.screenshot(tmp_path / f'{page}.figure.png')
             if not f['title'].strip() or not f['h1'].strip(): problems.append(f'{page}: no title')
             if page != 'index.html' and f['api'] == 0: problems.append(f'{page}: no API entry or table')
             problems += [f'{page}: image {src} did not load' for src, ok in f['images'] if not ok]
-            for bad in ('Traceback (most recent call last)', 'Warning:', '/work/', '/home/', '/tmp/'):
-                if bad in f['text']: problems.append(f'{page}: shows {bad!r}')
+            if f['nav'] == 0: problems.append(f'{page}: no previous/next link')
+            for site_link in ('https://github.com/crossformer-seg/crossformer_seg', 'https://arxiv.org/abs/2108.00154'):
+                if site_link not in f['links']: problems.append(f'{page}: no link to {site_link}')
+            # a heading that takes an API entry's name pushes the entry to `name-1`, where no cross-reference points
+            problems += [f'{page}: heading id {i} is a duplicate' for i in f['heading_ids'] if re.search(r'-\d+$', i)]
+            for bad in (r'Traceback \(most recent call last\)', r'\w*Warning:', '/work/', '/home/', '/tmp/',   # build-machine noise
+                        r'NoneType', r'__main__\.\w', r'<factory>', r'functools\.partial', r' object at 0x',   # unreadable signatures
+                        r'class \w+\(\s*\*args, \*\*kwargs\s*\)',
+                        r'RECIPES\.md|DESIGN\.md|shared/reference'):   # files a clone does not have
+                m = re.search(bad, f['text'])
+                if m: problems.append(f'{page}: shows {m.group(0)!r}')
     finally:
         browser.close(); srv.shutdown()
     n_links = 0
@@ -139,5 +155,61 @@ def test_docs_pages_in_chromium(site, tmp_path):
 def test_docs_index_and_api_pages(site):
     index = (site / 'index.html').read_text()
     assert '<title>' in index and 'crossformer_seg' in index and 'Long short distance attention' in index
+    for nb in sorted((ROOT / 'nbs').glob('[0-9]*.ipynb')):   # the notebook table links every page
+        assert f'href="{nb.stem.split("_", 1)[1]}.html"' in index, f'the index does not link {nb.name}'
+    assert 'Getting started' in index and 'crossformer-seg demo' in index
     api = (site / 'backbone.html').read_text()
     assert 'CrossFormer backbone' in api and 'CrossScaleEmbedding' in api and 'DynamicPosBias' in api
+
+def test_signatures_are_cleaned():
+    from build_docs import clean_signature
+    md = ("### PairTransform\n\n```python\ndef PairTransform(\n    seed:NoneType=None\n)->__main__.LoadReport:\n```\n"
+          "def f(missing:list=<factory>, act:functools.partial=functools.partial(<class 'torch.nn.modules.activation.ReLU'>, inplace=True), "
+          "m:Union[Callable, collections.abc.MutableSequence, NoneType]=None)")
+    out = clean_signature(md)
+    assert 'class PairTransform(\n    seed=None\n)->LoadReport:' in out
+    assert 'missing:list=[]' in out and 'act=partial(ReLU, inplace=True)' in out
+    assert 'm:Callable | MutableSequence | None=None' in out
+    assert clean_signature('### R\n\n```python\ndef R(\n    path:str\n)->None:\n```') == '### R\n\n```python\nclass R(\n    path:str\n):\n```'
+
+def test_param_table_from_docments():
+    from build_docs import param_table
+    md = ("### f\n\n```python\ndef f(\n    a, b:int=1, # the b\n    c:str | None=None, # the c, with a | bar\n    **kw\n"
+          ")->Tensor: # the result\n```\n\n*Doc.*")
+    rows = param_table(md).strip().split('\n')
+    assert rows[2:] == ['| a |  |  |  |', '| b | int | 1 | the b |', '| c | str \\| None | None | the c, with a \\| bar |',
+                        '| **kw |  |  |  |', '| **Returns** | Tensor |  | the result |']
+    assert param_table("### g\n\n```python\ndef g(\n    a, b:int=1\n):\n```") == ''   # no docments: no table
+
+def test_entry_points_have_parameter_tables(site):
+    "The main entry points are documented with docments comments, which the build turns into parameter tables."
+    for page, name, param in [('segmentor', 'build_segmentor', 'name_or_config'), ('segmentor', 'inference', 'crop_size'),
+                              ('checkpoint', 'load_checkpoint', 'nonfinite'), ('data', 'ade20k_dls', 'crop_size'),
+                              ('metrics', 'evaluate', 'ratios'), ('learner', 'seg_learner', 'recipe')]:
+        html = (site / f'{page}.html').read_text()
+        entry = html[html.index(f'id="{name}"'):]
+        entry = entry[:entry.find('<h3', 10) if '<h3' in entry[10:] else len(entry)]
+        assert '<table' in entry and f'<td>{param}</td>' in entry, f'{page}.html: {name} has no parameter table'
+
+def test_namedtuple_and_exception_signatures():
+    from build_docs import _true_signature
+    entry = lambda mod, name: (f'[source](https://github.com/o/r/blob/main/crossformer_seg/{mod}.py#L1)\n\n### {name}\n\n'
+                               f'```python\nclass {name}(\n    *args, **kwargs\n):\n```')
+    assert "class ADEPair(\n    image:Path, label:Path, split:str='training'\n):" in _true_signature(entry('data', 'ADEPair'))
+    assert 'class UsageError(\n    message\n):' in _true_signature(entry('core', 'UsageError'))
+
+def test_save_outputs_keeps_what_a_reader_sees():
+    "tools/save_outputs.py: which cells' outputs are saved, which outputs are dropped, which are refused."
+    from types import SimpleNamespace as NS
+    import save_outputs as so
+    code = lambda s: NS(cell_type='code', source=s)
+    assert so.shown(code("print('hi')")) and so.shown(code('fig = dls.show_batch()'))
+    assert not any(so.shown(code(s)) for s in ('#| hide\nx = 1', '#| export\ndef f(): pass', 'show_doc(f)', '#| default_exp core'))
+    outs = [dict(output_type='stream', name='stderr', text='UserWarning: x'), dict(output_type='stream', name='stdout', text='ok\n'),
+            dict(output_type='display_data', data={'text/html': '<table class="fastprogress">'}, metadata={}),
+            dict(output_type='execute_result', execution_count=7, data={'text/plain': '3'}, metadata={})]
+    kept = so.keep(outs)
+    assert [o['output_type'] for o in kept] == ['stream', 'execute_result'] and kept[1]['execution_count'] is None
+    for bad in ('Traceback (most recent call last):', 'FutureWarning: soon', f'saved to {ROOT}/x.png', 'in /tmp/tmpab12/x.pth'):
+        assert so.LOCAL.search(bad), bad
+    assert not so.LOCAL.search('loaded 398 tensors from bad_fpn.pth')

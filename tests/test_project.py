@@ -77,3 +77,40 @@ def test_readme_images_exist():
     links = re.findall(r'!\[[^\]]*\]\(([^)]+)\)', (ROOT / 'README.md').read_text())
     assert links, 'README shows no picture'
     for link in links: assert (ROOT / link).is_file(), f'README links a missing image: {link}'
+
+def undocumented(package):
+    """Public names of `package` without a docstring: each module's `__all__` (functions, classes, timm factories) and
+    the public methods and properties its classes define (an override may inherit its base's docstring); `forward`
+    (documented by its class) and fastai's callback events (`before_fit`, ...) are not called by a user."""
+    import importlib, inspect, pkgutil
+    from fastai.callback.core import _events
+    missing = []
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith('_'): continue
+        mod = importlib.import_module(f'{package.__name__}.{info.name}')
+        for name in getattr(mod, '__all__', []):
+            obj = getattr(mod, name)
+            if not (inspect.isclass(obj) or callable(obj)): continue   # constants and tables document themselves in prose
+            if not (getattr(obj, '__doc__', None) or '').strip(): missing.append(f'{info.name}.{name}')
+            if not inspect.isclass(obj) or obj.__module__ != mod.__name__: continue
+            for k, v in vars(obj).items():
+                if k.startswith('_') or k == 'forward' or k in _events: continue
+                if isinstance(v, property): doc = v.__doc__
+                elif inspect.isfunction(v) or isinstance(v, (staticmethod, classmethod)): doc = inspect.getdoc(getattr(obj, k))
+                else: continue
+                if not (doc or '').strip(): missing.append(f'{info.name}.{name}.{k}')
+    return missing
+
+def test_every_public_name_has_a_docstring():
+    import crossformer_seg
+    missing = undocumented(crossformer_seg)
+    assert not missing, f'{len(missing)} public names without a docstring: {missing}'
+
+def test_missing_docstring_is_detected(tmp_path, monkeypatch):
+    pkg = tmp_path / 'fakepkg'; pkg.mkdir()
+    (pkg / '__init__.py').write_text('')
+    (pkg / 'mod.py').write_text("__all__ = ['f', 'C', 'K']\ndef f(): pass\nK = 3\n"
+                                "class C:\n    'A class.'\n    def m(self): pass\n    def forward(self): pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fakepkg
+    assert undocumented(fakepkg) == ['mod.f', 'mod.C.m']
