@@ -4,20 +4,21 @@
 
 # %% auto #0
 __all__ = ['TRAIN_DEFAULTS', 'RUN_KEYS', 'RUNTIME_KEYS', 'DEMO', 'train_arguments', 'find_resume', 'default_img_scale',
-           'resolve_run', 'build_model', 'init_from_pretrained', 'run_train', 'main', 'demo_arguments', 'demo_figure',
-           'run_demo']
+           'resolve_run', 'build_model', 'init_from_pretrained', 'Terminated', 'sigterm_as_interrupt', 'StopOnSignal',
+           'run_train', 'main', 'demo_arguments', 'demo_figure', 'run_demo']
 
 # %% ../nbs/11_train.ipynb #c003
 import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 # %% ../nbs/11_train.ipynb #c004
-import argparse, json, sys, time
+import argparse, contextlib, json, signal, sys, threading, time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from fastai.callback.core import Callback
 
 from .core import UsageError, ImageReadError, atomic_write, check_writable_dir, command_main, run_as_script, print_error
 from .segmentor import SEG_CONFIGS, resolve_config, build_segmentor
@@ -235,6 +236,32 @@ def _process_state(device):
     if state.num_processes > 1 or dev is None: dev = state.device
     return state, dev
 
+# %% ../nbs/11_train.ipynb #c020b
+class Terminated(KeyboardInterrupt):
+    "SIGTERM received: raised in the main thread, so that training stops as on Ctrl-C (KeyboardInterrupt)."
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    "Within: the first SIGTERM raises `Terminated`; yields a list that holds the signal once one came. Main thread only."
+    got = []
+    if threading.current_thread() is not threading.main_thread(): yield got; return
+    def handler(signum, frame):
+        if got: return   # already stopping
+        got.append(signum); raise Terminated()
+    def unraisable(u):   # a `Terminated` Python had to ignore: `StopOnSignal` raises it again
+        if not isinstance(u.exc_value, Terminated): old_hook(u)
+    old, old_hook = signal.signal(signal.SIGTERM, handler), sys.unraisablehook
+    sys.unraisablehook = unraisable
+    try: yield got
+    finally: signal.signal(signal.SIGTERM, old); sys.unraisablehook = old_hook
+
+class StopOnSignal(Callback):
+    "Raise `Terminated` before the next batch once `got` (of `sigterm_as_interrupt`) holds a signal."
+    order = -20
+    def __init__(self, got): self.got = got
+    def before_batch(self):
+        if self.got: raise Terminated()
+
 # %% ../nbs/11_train.ipynb #c021
 def _any_process(flag, device):
     "Whether `flag` is true on any process (a collective: every process calls it)."
@@ -251,8 +278,18 @@ def _data_error(e):
         return str(e).strip().splitlines()[-1].split('ImageReadError: ', 1)[1]
     return None
 
+def _resume_hint(work_dir):
+    last = latest_checkpoint(work_dir)
+    return f'the last complete checkpoint is {last}: resume with --resume {work_dir}' if last else 'no checkpoint was written'
+
 def run_train(args):
-    "Train as `args` say (see `train_arguments`); returns the exit code: 0 done, 1 stopped by a non-finite loss."
+    "Train as `args` say (see `train_arguments`); returns the exit code: 0 done, 1 non-finite loss, 2 bad input, 130 Ctrl-C, 143 SIGTERM."
+    with sigterm_as_interrupt() as term:
+        try: return _run_train(args, term)
+        except Terminated:   # before training began (once it has, `_run_train` says where it stopped)
+            print('terminated', file=sys.stderr, flush=True); return 143
+
+def _run_train(args, term):
     state, device = _process_state(args.device)
     main_proc = state.is_main_process
     def stop(err):   # all processes stop together, before anything is written; one prints the message
@@ -285,6 +322,7 @@ def run_train(args):
     except (ValueError, CheckpointMismatch) as e: err = UsageError(f'--resume {ckpt}: {e}' if ckpt is not None else str(e))
     if stop(err): return 2
     if run['check_ranks']: learn.add_cb(RankCheck())
+    learn.add_cb(StopOnSignal(term))
     if main_proc:
         work_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(work_dir/'run.json') as tmp:   # everything needed to run it again
@@ -297,13 +335,18 @@ def run_train(args):
     try: learn.fit_iters()
     except NonFiniteLoss as e:
         if main_proc:
-            last = latest_checkpoint(work_dir)
             print(flush=True)   # end the progress bar's line
-            print_error(f'{e.message}; ' + (f'the last complete checkpoint is {last}: resume with --resume {work_dir}' if last
-                                            else 'no checkpoint was written'))
+            print_error(f'{e.message}; {_resume_hint(work_dir)}')
         return 1
-    except Exception as e:   # a bad file met while training (mask values are checked when a mask is read): one line naming it
-        if (line := _data_error(e)) is None: raise
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt) or term:   # Ctrl-C or SIGTERM (after which a data worker it killed may be what raised)
+            if main_proc:
+                print(flush=True)
+                print(f'{"terminated (SIGTERM)" if term else "interrupted"} after {learn.iteration} iterations; {_resume_hint(work_dir)}',
+                      file=sys.stderr, flush=True)
+            return 143 if term else 130
+        # a bad file met while training (mask values are checked when a mask is read): one line naming it
+        if not isinstance(e, Exception) or (line := _data_error(e)) is None: raise
         if main_proc: print(flush=True); print_error(line)
         return 2
     if main_proc:
