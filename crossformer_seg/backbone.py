@@ -335,6 +335,7 @@ class CrossFormerBlock(nn.Module):
         "`self.mlp(x)`; while training, the GELU output is recomputed in backward instead of kept (the widest tensor)."
         m = self.mlp
         if not (self.training and torch.is_grad_enabled() and not _tracing() and type(m.act) is nn.GELU
+                and not torch.is_autocast_enabled(x.device.type)   # autocast: its hand-written backward would mix bf16 and fp32
                 and isinstance(m.norm, nn.Identity) and m.drop1.p == 0 and m.drop2.p == 0): return m(x)
         return _GELULinear.apply(m.fc1(x), m.fc2.weight, m.fc2.bias, m.act.approximate)
 
