@@ -46,26 +46,9 @@ class CrossScaleEmbedding(nn.Module):
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
     def forward(self, x):
-        grad = self.training and torch.is_grad_enabled() and not _tracing()
-        x = torch.cat(self._blocked_convs(x) if grad else [proj(x) for proj in self.projs], dim=1)
+        x = torch.cat([proj(x) for proj in self.projs], dim=1)
         H, W = x.shape[-2:]
         return self.norm(x.flatten(2).transpose(1, 2)), (H, W)
-
-    def _blocked_convs(self, x):
-        "The same convolutions; kernels of 16 and more run as stride-1 convolutions on 4x4 space-to-depth blocks."
-        B, C, H, W = x.shape
-        H2, W2 = -(-(H + 2) // 4) * 4, -(-(W + 2) // 4) * 4           # shifted by 2 so the padding falls on block edges
-        blocks, outs = None, []
-        for proj in self.projs:
-            (k, _), (s, _), (p, _) = proj.kernel_size, proj.stride, proj.padding
-            if k < 16 or k % 8 or s != 4 or p != (k - 4) // 2 or proj.kernel_size[1] != k: outs.append(proj(x)); continue
-            if blocks is None:
-                xp = F.pad(x, (2, W2 - W - 2, 2, H2 - H - 2))
-                blocks = xp.view(B, C, H2 // 4, 4, W2 // 4, 4).permute(0, 1, 3, 5, 2, 4).reshape(B, C * 16, H2 // 4, W2 // 4)
-            m = k // 4
-            w = proj.weight.view(-1, C, m, 4, m, 4).permute(0, 1, 3, 5, 2, 4).reshape(-1, C * 16, m, m)
-            outs.append(F.conv2d(blocks, w, proj.bias, 1, m // 2 - 1)[..., :H // 4, :W // 4])
-        return outs
 
 # %% ../nbs/01_backbone.ipynb #c010
 class CrossScaleMerging(nn.Module):
