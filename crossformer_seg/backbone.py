@@ -46,7 +46,11 @@ class CrossScaleEmbedding(nn.Module):
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
     def forward(self, x):
-        x = torch.cat([proj(x) for proj in self.projs], dim=1)
+        if _tracing(): x = torch.cat([proj(x) for proj in self.projs], dim=1)
+        else:   # channels-last image and weights: kernel-16/32 convolutions 3-6x faster on CPU, and the tokens need no copy
+            cl = torch.channels_last
+            x = x.contiguous(memory_format=cl)
+            x = torch.cat([F.conv2d(x, p.weight.contiguous(memory_format=cl), p.bias, p.stride, p.padding) for p in self.projs], 1)
         H, W = x.shape[-2:]
         return self.norm(x.flatten(2).transpose(1, 2)), (H, W)
 
@@ -98,7 +102,8 @@ _cached_relative_tables = lru_cache(maxsize=128)(_relative_tables)
 def relative_offsets(Gh, Gw, device=None):
     "All relative offsets `(dy, dx)` of a `Gh x Gw` group, shape `((2Gh-1)(2Gw-1), 2)`, and the `N x N` index into them."
     if _tracing() or not (isinstance(Gh, int) and isinstance(Gw, int)): return _relative_tables(Gh, Gw, device)
-    return _cached_relative_tables(Gh, Gw, torch.device(device or 'cpu'))  # built once per size and device; read-only
+    with torch.inference_mode(False):   # cached tensors must not be inference tensors: autograd may save them later
+        return _cached_relative_tables(Gh, Gw, torch.device(device or 'cpu'))  # built once per size and device; read-only
 
 # %% ../nbs/01_backbone.ipynb #c018
 def short_distance_groups(x, G):
@@ -251,7 +256,8 @@ class LSDAttention(nn.Module):
         "`x`: `(B, H*W, C)` tokens; `sda`, `size`: the layout (see `layout_args`). Returns `(B, H*W, C)`."
         B, L, C = x.shape
         if _tracing(): (gather, scatter, pad, (Gh, Gw)), n_plain = group_index(H, W, sda, size, B, x.device), 0
-        else: gather, scatter, pad, (Gh, Gw), n_plain = _eager_group_index(H, W, sda, size, B, x.device)
+        else:
+            with torch.inference_mode(False): gather, scatter, pad, (Gh, Gw), n_plain = _eager_group_index(H, W, sda, size, B, x.device)
         N, h = Gh * Gw, self.num_heads
         xg = x.reshape(B * L, C).index_select(0, gather)              # (nG*B*N, C): padded and grouped in one copy
         q, k, v = self.qkv(xg).view(-1, N, 3, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)   # (nG*B, h, N, d)

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['SEG_CONFIGS', 'HEADS', 'EncoderDecoder', 'crossformer_config', 'fpn_config', 'upernet_config', 'resolve_config',
-           'build_segmentor', 'SegLoss', 'slide_logits', 'inference', 'predict_labels']
+           'build_segmentor', 'resized_cross_entropy', 'SegLoss', 'slide_logits', 'inference', 'predict_labels']
 
 # %% ../nbs/03_segmentor.ipynb #c002
 import copy, inspect, math
@@ -44,6 +44,8 @@ class EncoderDecoder(nn.Module):
     def extract_feat(self, x):
         "The backbone's stage maps, through the neck if there is one."
         feats = self.backbone(plain_tensor(x))
+        if self.training and torch.is_grad_enabled() and feats[0].device.type == 'cpu':   # NCHW: channels-last weight gradients are slow
+            feats = [f.contiguous() for f in feats]
         return self.neck(feats) if self.with_neck else feats
 
     def forward_heads(self, x):
@@ -57,11 +59,10 @@ class EncoderDecoder(nn.Module):
         return resize(self.decode_head(self.extract_feat(x)), x.shape[-2:], align_corners=self.align_corners)
 
     def forward(self, x):
-        "Eval: logits at the input size. Training: the same, or `(logits, aux_logits)` with an auxiliary head."
-        if not (self.training and self.with_auxiliary_head): return self.encode_decode(x)
+        "Eval: logits at the input size. Training: the heads' logits before any resize, `(logits, aux_logits)` with an auxiliary head (`SegLoss` resizes)."
+        if not self.training: return self.encode_decode(x)
         out, aux = self.forward_heads(x)
-        size = x.shape[-2:]
-        return resize(out, size, align_corners=self.align_corners), resize(aux, size, align_corners=self.align_corners)
+        return out if aux is None else (out, aux)
 
 # %% ../nbs/03_segmentor.ipynb #c007
 _G14 = dict(group_size=(14, 14, 7, 7), crs_interval=(16, 8, 2, 1))
@@ -155,6 +156,62 @@ def build_segmentor(
     model.config = cfg
     return model
 
+# %% ../nbs/03_segmentor.ipynb #c020b
+def _source_rows(n_in, n_out, align_corners, device):
+    "`F.interpolate`'s bilinear source of each output row: lower row, upper row, and the upper row's weight."
+    j = torch.arange(n_out, device=device, dtype=torch.float32)
+    if align_corners: src = j * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.)
+    else: src = ((j + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
+    lo = src.long().clamp_max(n_in - 1)    # floor: src >= 0
+    return lo, (lo + 1).clamp_max(n_in - 1), src - lo
+
+class _ResizedCrossEntropy(torch.autograd.Function):
+    "Per-image sums of the cross-entropy of `logits` resized to `target`'s size, band by band; the gradient is made in forward."
+    @staticmethod
+    def forward(ctx, logits, target, ignore_index, align_corners, band_elems):
+        B, C, h, _ = logits.shape
+        H, W = target.shape[-2:]
+        xt = logits.detach().float().permute(0, 2, 3, 1).contiguous()          # (B, h, w, C): classes innermost
+        lo, hi, lam = _source_rows(h, H, align_corners, xt.device)
+        rows = max(1, band_elems // (B * C * W))
+        sums, grad = xt.new_zeros(B), (torch.zeros_like(xt) if ctx.needs_input_grad[0] else None)
+        with torch.autocast(xt.device.type, enabled=False):
+            for r0 in range(0, H, rows):
+                r = slice(r0, min(r0 + rows, H))
+                wr = lam[r].view(1, -1, 1, 1)
+                xr = torch.lerp(xt.index_select(1, lo[r]), xt.index_select(1, hi[r]), wr)   # (B, n, w, C): resized along H
+                xr = xr.permute(0, 3, 1, 2).requires_grad_(grad is not None)              # its channels-last NCHW view
+                with torch.set_grad_enabled(grad is not None):
+                    zc = F.interpolate(xr, size=(r.stop - r0, W), mode='bilinear', align_corners=align_corners)  # along W
+                z = zc.detach().permute(0, 2, 3, 1)                                        # (B, n, W, C), contiguous
+                t = target[:, r]
+                valid = t != ignore_index
+                idx = t.masked_fill(~valid, 0).unsqueeze(-1)
+                m = z.amax(-1, keepdim=True)
+                e = (z - m).exp_()
+                s = e.sum(-1, keepdim=True)
+                sums += ((m + s.log() - z.gather(-1, idx)).squeeze(-1) * valid).flatten(1).sum(1)
+                if grad is not None:                                                       # softmax - one-hot, 0 if ignored
+                    dz = e.div_(s).scatter_add_(-1, idx, torch.full_like(e[..., :1], -1)).mul_(valid.unsqueeze(-1))
+                    (g,) = torch.autograd.grad(zc, xr, dz.permute(0, 3, 1, 2))
+                    g = g.permute(0, 2, 3, 1)                                              # back through the H step
+                    grad.index_add_(1, lo[r], g * (1 - wr)).index_add_(1, hi[r], g * wr)
+        ctx.save_for_backward(grad)
+        ctx.dtype = logits.dtype
+        return sums
+
+    @staticmethod
+    def backward(ctx, d_sums):
+        (grad,) = ctx.saved_tensors
+        return (grad * d_sums.view(-1, 1, 1, 1)).permute(0, 3, 1, 2).to(ctx.dtype), None, None, None, None
+
+def resized_cross_entropy(logits, target, ignore_index=255, align_corners=False, band_elems=2 ** 23):
+    "Per-image sums `(B,)` of `F.cross_entropy(resize(logits, target's size), target, reduction='none')`, in bands of about `band_elems` logits (fp32)."
+    if logits.ndim != 4 or target.ndim != 3 or logits.shape[0] != target.shape[0]:
+        raise ValueError(f'resized_cross_entropy: logits must be (B, C, h, w) and target (B, H, W), got {tuple(logits.shape)} and {tuple(target.shape)}')
+    return _ResizedCrossEntropy.apply(logits, target.long(), ignore_index, align_corners, band_elems)
+
+
 # %% ../nbs/03_segmentor.ipynb #c021
 class SegLoss:
     "Cross-entropy (ignore 255) of the main logits plus `aux_weight` x that of each auxiliary output, at label size."
@@ -165,13 +222,11 @@ class SegLoss:
 
     def cross_entropy(self, logits, target):
         "One head's loss: `logits` resized to `target`'s size, CE with `ignore_index`, reduced."
-        logits = resize(plain_tensor(logits), target.shape[-2:], align_corners=self.align_corners)
-        loss = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction='none')  # N x H x W
-        valid = (target != self.ignore_index)
-        if self.reduction == 'sum': return loss.sum()
-        if self.reduction == 'none':  # per image, for fastai's get_preds(with_loss=True)
-            return loss.flatten(1).sum(1) / (valid.flatten(1).sum(1).clamp_min(1) if self.avg_non_ignore else loss[0].numel())
-        return loss.sum() / valid.sum().clamp_min(1) if self.avg_non_ignore else loss.mean()
+        sums = resized_cross_entropy(plain_tensor(logits), target, self.ignore_index, self.align_corners)  # per image
+        if self.reduction == 'sum': return sums.sum()
+        valid = (target != self.ignore_index).flatten(1).sum(1) if self.avg_non_ignore else torch.full_like(sums, target[0].numel())
+        if self.reduction == 'none': return sums / valid.clamp_min(1)  # per image, for fastai's get_preds(with_loss=True)
+        return sums.sum() / valid.sum().clamp_min(1)
 
     def __call__(self, pred, target):
         target = plain_tensor(target)

@@ -265,13 +265,15 @@ def assert_same_result(a, b, n):
     sa, sb = (json.loads((r/f'iter_{n}'/'state.json').read_text()) for r in (a, b))
     assert sa['optimizer'] == sb['optimizer'] and sa['iteration'] == sb['iteration'] == n
 
-@pytest.fixture(scope='module')
-def run_a(demo, tmp_path_factory):
-    "Run A: 4 iterations in one go (2 data-loader workers), checkpoints every 2."
-    work = tmp_path_factory.mktemp('run_a')/'run'
-    rc, out = finish(launch(train_cmd(demo, work, 4)))
+def one_go(demo, tmp_path_factory, n):
+    "Run A: `n` iterations in one go (2 data-loader workers), checkpoints every 2; its run folder."
+    work = tmp_path_factory.mktemp(f'run_a{n}')/'run'
+    rc, out = finish(launch(train_cmd(demo, work, n)))
     assert rc == 0, out
     return work
+
+@pytest.fixture(scope='module')
+def run_a(demo, tmp_path_factory): return one_go(demo, tmp_path_factory, 4)
 
 def test_resume_after_kill_inside_checkpoint_write(demo, tmp_path, run_a):
     "Run B is SIGKILLed while writing iter_4 (after its optimizer file), resumed from iter_2: same weights and optimizer as A."
@@ -306,12 +308,7 @@ def test_sigterm_stops_like_ctrl_c(demo, tmp_path, run_a, group):
     assert_same_result(run_a, work, 4)
 
 @pytest.fixture(scope='module')
-def run_a12(demo, tmp_path_factory):
-    "Run A for the slow tests: 12 iterations in one go."
-    work = tmp_path_factory.mktemp('run_a12')/'run'
-    rc, out = finish(launch(train_cmd(demo, work, 12)))
-    assert rc == 0, out
-    return work
+def run_a12(demo, tmp_path_factory): return one_go(demo, tmp_path_factory, 12)   # for the slow tests
 
 @slow
 @pytest.mark.parametrize('trial', range(4))
