@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['plain_tensor', 'UsageError', 'ImageReadError', 'NonFiniteError', 'nonfinite_counts', 'print_error', 'run_command',
-           'command_main', 'run_as_script', 'remove_stale_temporaries', 'check_writable_dir', 'check_parent',
-           'atomic_write', 'atomic_dir']
+           'command_main', 'run_as_script', 'map_large_blocks', 'remove_stale_temporaries', 'check_writable_dir',
+           'check_parent', 'atomic_write', 'atomic_dir']
 
 # %% ../nbs/00_core.ipynb #c002
 import argparse, os, re, shutil, sys, tempfile, warnings
@@ -76,6 +76,16 @@ def command_main(add_arguments, run, argv=None, prog=None, description=None):
 def run_as_script(name):
     "True for a module's `__name__` when it runs as `python -m ...`; False in a notebook kernel, whose code is also `__main__`."
     return name == '__main__' and not IN_NOTEBOOK
+
+# %% ../nbs/00_core.ipynb #c013m1
+def map_large_blocks(threshold=4 * 2 ** 20):
+    "Have glibc serve every allocation of at least `threshold` bytes from its own memory map, returned at `free` (fixed `M_MMAP_THRESHOLD`); True if set."
+    import ctypes, ctypes.util, platform
+    if platform.system() != 'Linux': return False
+    try: mallopt = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').mallopt
+    except (OSError, AttributeError): return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(-3, int(threshold)) == 1     # -3: M_MMAP_THRESHOLD; glibc returns 1 on success
 
 # %% ../nbs/00_core.ipynb #c015
 def _pid_alive(pid):

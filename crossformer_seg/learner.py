@@ -10,7 +10,7 @@ __all__ = ['RECIPES', 'CHECKPOINT_FILES', 'STATE_FORMAT', 'LOG_FIELDS', 'Recipe'
            'latest_checkpoint', 'prune_checkpoints', 'RunFolder', 'RankCheck', 'SegLearner', 'seg_learner']
 
 # %% ../nbs/10_learner.ipynb #c002
-from .core import atomic_dir, atomic_write, remove_stale_temporaries   # first: it silences a known third-party import warning
+from .core import atomic_dir, atomic_write, map_large_blocks, remove_stale_temporaries   # first: it silences a known third-party import warning
 import base64, csv, hashlib, json, math, os, random, re, shutil, time
 from dataclasses import dataclass, asdict, replace, fields
 from functools import partial
@@ -526,7 +526,7 @@ def seg_learner(
     train.sampler, dls.valid.shard = IterSampler(len(train.dataset), train.seed, train.bs, ws, rk, accum), (rk, ws)
     device = torch.device(device if device is not None else (dls.device or next(model.parameters()).device))
     model.to(device)
-    if grad_checkpointing: model.set_grad_checkpointing(True)
+    if grad_checkpointing: model.set_grad_checkpointing(True); map_large_blocks()   # freed activations back to the system
     if ws > 1:
         model = nn.parallel.DistributedDataParallel(convert_sync_batchnorm(model, device), static_graph=grad_checkpointing,
                                                     device_ids=[device.index] if device.type == 'cuda' else None)
