@@ -505,7 +505,7 @@ def seg_learner(
     work_dir=None,                      # run folder for checkpoints, logs and evaluations (None: none written)
     amp:str='no',                       # mixed precision: 'no', 'bf16' or 'fp16'
     clip_grad:float|None=None,          # clip the gradient norm to this (None: no clipping)
-    grad_checkpointing:bool=False,      # recompute the backbone's blocks in the backward pass (less memory)
+    grad_checkpointing:bool=False,      # recompute the backbone's blocks in backward (less memory; sets `core.map_large_blocks`)
     keep:int=3,                         # checkpoints kept in `work_dir`
     log_interval:int=50,                # iterations between log lines
     num_classes:int|None=None,          # classes of a model built from a config (None: the config's)
