@@ -6,7 +6,7 @@ median times, the model's multiply-adds by the original's convention (conv/linea
 attention matmuls; LayerNorm, GELU, softmax, adds and interpolation not counted), the rate of a 2048^3 fp32 matmul
 measured before and after, their ratios, and the peak resident memory of the training step (each configuration runs
 in a fresh subprocess, so the peak is its own; the gradient-checkpointing rows fix glibc's mmap threshold as
-`seg_learner(grad_checkpointing=True)` does, see `core.map_large_blocks`). CPU numbers from a shared machine: look at the load line, and compare
+`crossformer-seg train --grad-checkpointing` does, see `core.map_large_blocks`). CPU numbers from a shared machine: look at the load line, and compare
 ratios, not absolute times.
 
 Usage: `python benchmarks/bench_model.py [--config fpn_crossformer_s] [--threads 2] [--paths sdpa explicit]
@@ -61,7 +61,7 @@ def child(a):
     dev = torch.device(a.device)
     from crossformer_seg.segmentor import SegLoss
     m = build(a.config, a.path, a.ckpt, dev, a.mode == 'train')
-    if a.ckpt and a.mode == 'train':   # as seg_learner(grad_checkpointing=True) does
+    if a.ckpt and a.mode == 'train':   # as `crossformer-seg train --grad-checkpointing` does
         from crossformer_seg.core import map_large_blocks
         map_large_blocks()
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16)

@@ -12,7 +12,7 @@ __all__ = ['MIN_INPUT_SIZE', 'CROSSFORMER_VARIANTS', 'ORIGINAL_BUFFER_SUFFIXES',
 
 # %% ../nbs/01_backbone.ipynb #c002
 import math
-from functools import lru_cache
+from functools import lru_cache, wraps
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, Mlp, trunc_normal_
@@ -35,6 +35,23 @@ def _packed(t):
     "A contiguous copy of `t` (`clone`, not `reshape`: a traced graph then keeps every size free, 1 included)."
     return t.clone(memory_format=torch.contiguous_format)
 
+def _cross_scale_convs(convs, x):
+    "The outputs of `convs` on the NCHW map `x`, concatenated along channels (a cross-scale layer's convolutions)."
+    if _tracing(): return torch.cat([c(_packed(x)) for c in convs], 1)   # plain NCHW: a traced graph keeps every size free
+    cl = torch.channels_last   # channels-last input and weights: 2-6x faster on CPU (kernels 16/32, and B=1), tokens need no copy
+    x = x.contiguous(memory_format=cl)
+    return torch.cat([F.conv2d(x, c.weight.contiguous(memory_format=cl), c.bias, c.stride, c.padding) for c in convs], 1)
+
+def _size_cache(maxsize):
+    "`lru_cache` for tables built once per size: built outside inference mode (autograd may save them later), read-only."
+    def wrap(fn):
+        cached = lru_cache(maxsize=maxsize)(fn)
+        @wraps(fn)
+        def tables(*args):
+            with torch.inference_mode(False): return cached(*args)
+        return tables
+    return wrap
+
 # %% ../nbs/01_backbone.ipynb #c009
 class CrossScaleEmbedding(nn.Module):
     "CEL: concatenation of strided convolutions with kernels `patch_size` (stride 4), then LayerNorm; returns tokens and (H, W)."
@@ -46,11 +63,7 @@ class CrossScaleEmbedding(nn.Module):
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
     def forward(self, x):
-        if _tracing(): x = torch.cat([proj(x) for proj in self.projs], dim=1)
-        else:   # channels-last image and weights: kernel-16/32 convolutions 3-6x faster on CPU, and the tokens need no copy
-            cl = torch.channels_last
-            x = x.contiguous(memory_format=cl)
-            x = torch.cat([F.conv2d(x, p.weight.contiguous(memory_format=cl), p.bias, p.stride, p.padding) for p in self.projs], 1)
+        x = _cross_scale_convs(self.projs, x)
         H, W = x.shape[-2:]
         return self.norm(x.flatten(2).transpose(1, 2)), (H, W)
 
@@ -67,10 +80,7 @@ class CrossScaleMerging(nn.Module):
     def forward(self, x, H, W):
         B, L, C = x.shape
         x = self.norm(x).transpose(1, 2).reshape(B, C, H, W)          # a channels-last view of the tokens: no copy
-        if _tracing(): x = torch.cat([r(_packed(x)) for r in self.reductions], 1)   # NCHW: a traced graph keeps B free
-        else:   # channels-last weights keep the convolutions channels-last for B=1 too: 2-3x faster on CPU
-            cl = torch.channels_last
-            x = torch.cat([F.conv2d(x, r.weight.contiguous(memory_format=cl), r.bias, r.stride, r.padding) for r in self.reductions], 1)
+        x = _cross_scale_convs(self.reductions, x)
         H, W = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)
         return (_packed(x) if _tracing() else x.contiguous()), (H, W)   # contiguous tokens for the next stage
@@ -97,13 +107,12 @@ def _relative_tables(Gh, Gw, device=None):
     index = (ys[:, None] - ys[None] + Gh - 1) * (2 * Gw - 1) + (xs[:, None] - xs[None] + Gw - 1)  # (N, N) rows of `offsets`
     return offsets, index
 
-_cached_relative_tables = lru_cache(maxsize=128)(_relative_tables)
+_cached_relative_tables = _size_cache(128)(_relative_tables)
 
 def relative_offsets(Gh, Gw, device=None):
     "All relative offsets `(dy, dx)` of a `Gh x Gw` group, shape `((2Gh-1)(2Gw-1), 2)`, and the `N x N` index into them."
     if _tracing() or not (isinstance(Gh, int) and isinstance(Gw, int)): return _relative_tables(Gh, Gw, device)
-    with torch.inference_mode(False):   # cached tensors must not be inference tensors: autograd may save them later
-        return _cached_relative_tables(Gh, Gw, torch.device(device or 'cpu'))  # built once per size and device; read-only
+    return _cached_relative_tables(Gh, Gw, torch.device(device or 'cpu'))  # built once per size and device
 
 # %% ../nbs/01_backbone.ipynb #c018
 def short_distance_groups(x, G):
@@ -173,7 +182,7 @@ def group_index(H, W, sda, size, batch=1, device=None, plain_first=False):
     scatter = _packed(ar(nG * batch * N).view(nG, batch, N).transpose(0, 1)).view(batch, nG * N).index_select(1, slot)
     return gather, scatter.view(-1), pad, (Gh, Gw)
 
-@lru_cache(maxsize=64)
+@_size_cache(64)
 def _eager_group_index(H, W, sda, size, batch, device):
     gather, scatter, pad, group = group_index(H, W, sda, size, batch, device, plain_first=True)
     return gather, scatter, pad, group, int((~pad.any(1)).sum())      # ... and the number of groups without padding
@@ -256,8 +265,7 @@ class LSDAttention(nn.Module):
         "`x`: `(B, H*W, C)` tokens; `sda`, `size`: the layout (see `layout_args`). Returns `(B, H*W, C)`."
         B, L, C = x.shape
         if _tracing(): (gather, scatter, pad, (Gh, Gw)), n_plain = group_index(H, W, sda, size, B, x.device), 0
-        else:
-            with torch.inference_mode(False): gather, scatter, pad, (Gh, Gw), n_plain = _eager_group_index(H, W, sda, size, B, x.device)
+        else: gather, scatter, pad, (Gh, Gw), n_plain = _eager_group_index(H, W, sda, size, B, x.device)
         N, h = Gh * Gw, self.num_heads
         xg = x.reshape(B * L, C).index_select(0, gather)              # (nG*B*N, C): padded and grouped in one copy
         q, k, v = self.qkv(xg).view(-1, N, 3, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)   # (nG*B, h, N, d)

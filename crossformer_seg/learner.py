@@ -10,7 +10,7 @@ __all__ = ['RECIPES', 'CHECKPOINT_FILES', 'STATE_FORMAT', 'LOG_FIELDS', 'Recipe'
            'latest_checkpoint', 'prune_checkpoints', 'RunFolder', 'RankCheck', 'SegLearner', 'seg_learner']
 
 # %% ../nbs/10_learner.ipynb #c002
-from .core import atomic_dir, atomic_write, map_large_blocks, remove_stale_temporaries   # first: it silences a known third-party import warning
+from .core import atomic_dir, atomic_write, remove_stale_temporaries   # first: it silences a known third-party import warning
 import base64, csv, hashlib, json, math, os, random, re, shutil, time
 from dataclasses import dataclass, asdict, replace, fields
 from functools import partial
@@ -505,7 +505,7 @@ def seg_learner(
     work_dir=None,                      # run folder for checkpoints, logs and evaluations (None: none written)
     amp:str='no',                       # mixed precision: 'no', 'bf16' or 'fp16'
     clip_grad:float|None=None,          # clip the gradient norm to this (None: no clipping)
-    grad_checkpointing:bool=False,      # recompute the backbone's blocks in backward (less memory; sets `core.map_large_blocks`)
+    grad_checkpointing:bool=False,      # recompute the backbone's blocks in backward (less memory, more time)
     keep:int=3,                         # checkpoints kept in `work_dir`
     log_interval:int=50,                # iterations between log lines
     num_classes:int|None=None,          # classes of a model built from a config (None: the config's)
@@ -526,7 +526,7 @@ def seg_learner(
     train.sampler, dls.valid.shard = IterSampler(len(train.dataset), train.seed, train.bs, ws, rk, accum), (rk, ws)
     device = torch.device(device if device is not None else (dls.device or next(model.parameters()).device))
     model.to(device)
-    if grad_checkpointing: model.set_grad_checkpointing(True); map_large_blocks()   # freed activations back to the system
+    if grad_checkpointing: model.set_grad_checkpointing(True)
     if ws > 1:
         model = nn.parallel.DistributedDataParallel(convert_sync_batchnorm(model, device), static_graph=grad_checkpointing,
                                                     device_ids=[device.index] if device.type == 'cuda' else None)
