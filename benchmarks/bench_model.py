@@ -10,7 +10,7 @@ in a fresh subprocess, so the peak is its own; the gradient-checkpointing rows f
 ratios, not absolute times.
 
 Usage: `python benchmarks/bench_model.py [--config fpn_crossformer_s] [--threads 2] [--paths sdpa explicit]
-[--json bench.json]`; `--device cuda` times bf16 autocast + SDPA (+ `torch.compile` with `--compile`) against fp32 eager
+[--compile] [--json bench.json]`; on the CPU `--compile` adds eval rows of `torch.compile(model)`; `--device cuda` times bf16 autocast + SDPA (+ `torch.compile` with `--compile`) against fp32 eager
 and reports train images/s and model FLOP utilisation against `--peak-tflops`.
 """
 import argparse, json, os, resource, statistics, subprocess, sys, time
@@ -129,7 +129,7 @@ def main(argv=None):
     p.add_argument('--repeats', type=int, default=1, help='run every configuration this many times (fresh processes), report the median')
     p.add_argument('--no-ckpt', action='store_true', help='skip the gradient-checkpointing rows')
     p.add_argument('--device', default='cpu')
-    p.add_argument('--compile', action='store_true', help='cuda: also time torch.compile of the segmentor')
+    p.add_argument('--compile', action='store_true', help='also time torch.compile of the segmentor (cpu: eval rows)')
     p.add_argument('--peak-tflops', type=float, default=989., help='cuda: dense bf16 peak for FLOP utilisation (H100 SXM: 989)')
     p.add_argument('--json', default=None, help='write the results here')
     # child-process arguments
@@ -152,22 +152,23 @@ def main(argv=None):
     from crossformer_seg.segmentor import build_segmentor
     macs = count_macs(build_segmentor(a.config).eval(), torch.randn(a.eval_batch, 3, *a.size))
     rows = []
-    configs = [('eval', pth, False) for pth in a.paths] + [('train', pth, False) for pth in a.paths]
-    if not a.no_ckpt: configs += [('train', pth, True) for pth in a.paths]
-    for mode, pth, ck in configs:
+    configs = [('eval', pth, False, False) for pth in a.paths] + [('train', pth, False, False) for pth in a.paths]
+    if not a.no_ckpt: configs += [('train', pth, True, False) for pth in a.paths]
+    if a.compile: configs += [('eval', pth, False, True) for pth in a.paths]   # inductor's C++ kernels; minutes to compile
+    for mode, pth, ck, comp in configs:
         batch = a.eval_batch if mode == 'eval' else a.train_batch
         reps = a.eval_reps if mode == 'eval' else a.train_reps
-        res = [run_child(a, mode=mode, path=pth, ckpt=ck, batch=batch, reps=reps, size=a.size,
+        res = [run_child(a, mode=mode, path=pth, ckpt=ck, batch=batch, reps=reps, size=a.size, compile=comp,
                          warmup=2) for _ in range(a.repeats)]
         t = statistics.median(r['time_s'] for r in res)
         n_macs = macs * batch * (1 if mode == 'eval' else 3)
         ratios = [n_macs / x / g for r in res for x, g in zip(r['times_s'], r['gemm_rates'])]
-        rows.append(dict(mode=mode, path=pth, grad_ckpt=ck, batch=batch, time_s=t,
+        rows.append(dict(mode=mode, path=pth, grad_ckpt=ck, compiled=comp, batch=batch, time_s=t,
                          times_s=[x for r in res for x in r['times_s']],
                          gemm_probe_rates=[x for r in res for x in r['gemm_rates']],
                          ratio_to_probe=statistics.median(ratios),
                          peak_rss_gib=statistics.median(r['peak_rss_gib'] for r in res), macs=n_macs))
-        print(f'  {mode:5s} {pth:8s} ckpt={ck!s:5s} {t * 1e3:8.0f} ms  x probe GEMM {rows[-1]["ratio_to_probe"]:.2f}  '
+        print(f'  {mode:5s} {pth:8s} ckpt={ck!s:5s} compile={comp!s:5s} {t * 1e3:8.0f} ms  x probe GEMM {rows[-1]["ratio_to_probe"]:.2f}  '
               f'peak RSS {rows[-1]["peak_rss_gib"]:.2f} GiB  load {loadavg()[0]:.1f}', flush=True)
     gemm1 = gemm_rate(dev)
     load1 = loadavg()
@@ -182,9 +183,9 @@ def main(argv=None):
           f'load average {load0[0]:.2f} before, {load1[0]:.2f} after')
     print('x GEMM: model MACs/s over the mean of the two whole-run GEMM rates; x probe: median over the timed steps of '
           'MACs/s over a GEMM probe taken right before and after that step')
-    print(f'{"mode":6s}{"path":9s}{"ckpt":6s}{"batch":>6s}{"median ms":>11s}{"GMAC/s":>9s}{"x GEMM":>8s}{"x probe":>9s}{"peak RSS GiB":>14s}')
+    print(f'{"mode":6s}{"path":9s}{"ckpt":6s}{"comp":6s}{"batch":>6s}{"median ms":>11s}{"GMAC/s":>9s}{"x GEMM":>8s}{"x probe":>9s}{"peak RSS GiB":>14s}')
     for r in rows:
-        print(f'{r["mode"]:6s}{r["path"]:9s}{"yes" if r["grad_ckpt"] else "no":6s}{r["batch"]:6d}{r["time_s"] * 1e3:11.0f}'
+        print(f'{r["mode"]:6s}{r["path"]:9s}{"yes" if r["grad_ckpt"] else "no":6s}{"yes" if r["compiled"] else "no":6s}{r["batch"]:6d}{r["time_s"] * 1e3:11.0f}'
               f'{r["macs_per_s"] / 1e9:9.1f}{r["ratio_to_gemm"]:8.2f}{r["ratio_to_probe"]:9.2f}{r["peak_rss_gib"]:14.2f}')
     if a.json:
         with open(a.json, 'w') as f: json.dump(result, f, indent=1)
