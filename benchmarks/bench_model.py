@@ -5,9 +5,10 @@ For a named config (default `fpn_crossformer_s`): the eval forward at 1x3x512x51
 median times, the model's multiply-adds by the original's convention (conv/linear layers, the DPB MLP and the two
 attention matmuls; LayerNorm, GELU, softmax, adds and interpolation not counted), the rate of a 2048^3 fp32 matmul
 measured before and after, their ratios, and the peak resident memory of the training step (each configuration runs
-in a fresh subprocess, so the peak is its own; the gradient-checkpointing rows fix glibc's mmap threshold as
-`crossformer-seg train --grad-checkpointing` does, see `core.map_large_blocks`). CPU numbers from a shared machine: look at the load line, and compare
-ratios, not absolute times.
+in a fresh subprocess, so the peak is its own). Each process sets glibc's policy for large blocks as the
+`crossformer-seg` commands do (`core.malloc_policy`): 'reuse', and 'release' for the gradient-checkpointing rows as
+`train --grad-checkpointing` does. CPU numbers from a shared machine: look at the load line, and compare ratios, not
+absolute times.
 
 Usage: `python benchmarks/bench_model.py [--config fpn_crossformer_s] [--threads 2] [--paths sdpa explicit]
 [--compile] [--json bench.json]`; on the CPU `--compile` adds eval rows of `torch.compile(model)`; `--device cuda` times bf16 autocast + SDPA (+ `torch.compile` with `--compile`) against fp32 eager
@@ -59,11 +60,10 @@ def child(a):
     "One measurement in this fresh process: eval forward or training step; prints a JSON line."
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
+    from crossformer_seg.core import malloc_policy, fused_adamw
     from crossformer_seg.segmentor import SegLoss
+    malloc_policy('release' if a.ckpt and a.mode == 'train' else 'reuse')   # as the commands set it
     m = build(a.config, a.path, a.ckpt, dev, a.mode == 'train')
-    if a.ckpt and a.mode == 'train':   # as `crossformer-seg train --grad-checkpointing` does
-        from crossformer_seg.core import map_large_blocks
-        map_large_blocks()
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16)
     if a.compile: m = torch.compile(m)
     g = torch.Generator().manual_seed(0)
@@ -74,8 +74,9 @@ def child(a):
     else:
         x = torch.randn(a.batch, 3, *a.size, generator=g).to(dev)
         y = torch.randint(0, 150, (a.batch, *a.size), generator=g).to(dev)
-        # fused, as `learner.adamw` makes it; that module is not imported here: fastai's import alone adds ~0.12 GiB to the peak
-        opt, loss_fn = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=1e-4, fused=dev.type in ('cpu', 'cuda')), SegLoss()
+        # as `learner.adamw` makes it (that module is not imported: fastai's import alone adds ~0.12 GiB to the peak)
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=1e-4, fused=fused_adamw(list(m.parameters())))
+        loss_fn = SegLoss()
         def step():
             with amp: loss = loss_fn(m(x), y)
             loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)

@@ -6,7 +6,7 @@
 __all__ = ['ONNX_AXES', 'CHECK_SIZES', 'export_onnx', 'check_onnx', 'export_arguments', 'run_export']
 
 # %% ../nbs/13_export.ipynb #c003
-import re
+import re, sys
 from pathlib import Path
 import numpy as np
 import torch
@@ -108,9 +108,9 @@ def run_export(args):
         from crossformer_seg.inference import load_segmentor
         model = load_segmentor(args.config, args.checkpoint)
     else:
-        import sys
         print(f'note: no --checkpoint: exporting the random initialisation of {args.config}', file=sys.stderr)
         model = build_segmentor(args.config).eval()
+    print(f'exporting to {out}: tracing takes minutes (about 6 for tiny_fpn on 2 CPU cores)...', file=sys.stderr, flush=True)
     export_onnx(model, out)
     print(f'wrote {out}: image (batch, 3, height, width) -> logits (batch, classes, height, width)')
     if not args.check: return 0

@@ -16,7 +16,7 @@ from PIL import Image
 from .core import UsageError, ImageReadError, NonFiniteError, atomic_write, check_writable_dir, print_error
 from .transforms import align_resize, normalize, ratio_scale
 from .data import IMAGE_EXTS, ADE20K_PALETTE, ADE20K_CLASSES, distinct_palette, read_image, overlay, image_size_problem, _to_rgb
-from .segmentor import inference
+from .segmentor import inference, softmax_classes
 
 # %% ../nbs/08_inference.ipynb #c005
 def preprocess_image(img, img_scale=(2048, 512), size_divisor=32):
@@ -39,7 +39,7 @@ def segment_image(model, img, mode='whole', ratios=None, flip=False, device='cpu
         x, size = preprocess_image(a, ratio_scale(img_scale, r))
         return inference(model, x.to(device), mode=mode, flip=flip, out_size=size)
     if ratios is None: return logp(1.0).argmax(1)[0].cpu().numpy()
-    probs = sum(logp(r).softmax(1) for r in ratios)  # softmax of log-probabilities = the probabilities themselves
+    probs = sum(softmax_classes(logp(r)) for r in ratios)  # softmax of log-probabilities = the probabilities themselves
     return probs.argmax(1)[0].cpu().numpy()
 
 # %% ../nbs/08_inference.ipynb #c013

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback
 
-from .core import UsageError, ImageReadError, atomic_write, check_writable_dir, command_main, run_as_script, print_error, map_large_blocks
+from .core import UsageError, ImageReadError, atomic_write, check_writable_dir, command_main, run_as_script, print_error, malloc_policy
 from .segmentor import SEG_CONFIGS, resolve_config, build_segmentor
 from .checkpoint import load_checkpoint, CheckpointMismatch, CLASSIFIER_KEYS
 from .data import ade20k_dls, ade20k_items, overlay, read_image, read_label, seg_dataset, folder_dls
@@ -313,7 +313,7 @@ def _run_train(args, term):
                              f'{state.num_processes} process(es)')
     except UsageError as e: err = e
     if stop(err): return 2
-    if run['grad_checkpointing']: map_large_blocks()   # the job's process: freed activations go back to the system (core)
+    if run['grad_checkpointing']: malloc_policy('release')   # the job's process: freed activations go back to the system (core)
     try:
         learn = seg_learner(model, dls, recipe=run['recipe'], work_dir=work_dir, amp=run['amp'], clip_grad=run['clip_grad'],
                             grad_checkpointing=bool(run['grad_checkpointing']), keep=run['keep'], log_interval=run['log_interval'],
