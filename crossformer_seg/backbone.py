@@ -42,6 +42,17 @@ def _cross_scale_convs(convs, x):
     x = x.contiguous(memory_format=cl)
     return torch.cat([F.conv2d(x, c.weight.contiguous(memory_format=cl), c.bias, c.stride, c.padding) for c in convs], 1)
 
+_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, '_linear_pointwise', None) if torch.backends.mkldnn.is_available() else None
+
+def _linear(lin, x, act=None):
+    "`lin(x)`, then GELU if `act == 'gelu'`; in CPU fp32 inference through oneDNN's linear with the GELU fused (see the block)."
+    if (_ONEDNN_LINEAR is not None and x.device.type == 'cpu' and x.dtype == lin.weight.dtype == torch.float32
+            and not torch.is_grad_enabled() and not _tracing() and not torch.is_autocast_enabled('cpu')):
+        y = _ONEDNN_LINEAR(x.reshape(-1, x.shape[-1]), lin.weight, lin.bias, act or 'none', [], 'none' if act else '')
+        return y.view(*x.shape[:-1], y.shape[-1])
+    y = lin(x)
+    return F.gelu(y) if act == 'gelu' else y
+
 def _size_cache(maxsize):
     "`lru_cache` for tables built once per size: built outside inference mode (autograd may save them later), read-only."
     def wrap(fn):
@@ -268,9 +279,9 @@ class LSDAttention(nn.Module):
         else: gather, scatter, pad, (Gh, Gw), n_plain = _eager_group_index(H, W, sda, size, B, x.device)
         N, h = Gh * Gw, self.num_heads
         xg = x.reshape(B * L, C).index_select(0, gather)              # (nG*B*N, C): padded and grouped in one copy
-        q, k, v = self.qkv(xg).view(-1, N, 3, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)   # (nG*B, h, N, d)
+        q, k, v = _linear(self.qkv, xg).view(-1, N, 3, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)   # (nG*B, h, N, d)
         o = self.attend(q, k, v, self.position_bias(Gh, Gw, x.device), pad, n_plain, B)
-        return self.proj_drop(self.proj(o)).index_select(0, scatter).view(B, L, C)   # ungrouped and cropped in one copy
+        return self.proj_drop(_linear(self.proj, o)).index_select(0, scatter).view(B, L, C)   # ungrouped and cropped in one copy
 
 # %% ../nbs/01_backbone.ipynb #c029b
 class _GELULinear(torch.autograd.Function):
@@ -331,6 +342,8 @@ class CrossFormerBlock(nn.Module):
     def mlp_forward(self, x):
         "`self.mlp(x)`; while training, the GELU output is recomputed in backward instead of kept (the widest tensor)."
         m = self.mlp
+        plain = type(m.act) is nn.GELU and m.act.approximate == 'none' and isinstance(m.norm, nn.Identity)
+        if plain and not self.training: return _linear(m.fc2, _linear(m.fc1, x, 'gelu'))   # dropouts are off in eval
         if not (self.training and torch.is_grad_enabled() and not _tracing() and type(m.act) is nn.GELU
                 and not torch.is_autocast_enabled(x.device.type)   # autocast: its hand-written backward would mix bf16 and fp32
                 and isinstance(m.norm, nn.Identity) and m.drop1.p == 0 and m.drop2.p == 0): return m(x)
