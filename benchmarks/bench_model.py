@@ -75,7 +75,8 @@ def child(a):
         x = torch.randn(a.batch, 3, *a.size, generator=g).to(dev)
         y = torch.randint(0, 150, (a.batch, *a.size), generator=g).to(dev)
         # as `learner.adamw` makes it (that module is not imported: fastai's import alone adds ~0.12 GiB to the peak)
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=1e-4, fused=fused_adamw(list(m.parameters())))
+        params = list(m.parameters())
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4, fused=fused_adamw(params))
         loss_fn = SegLoss()
         def step():
             with amp: loss = loss_fn(m(x), y)

@@ -342,11 +342,12 @@ class CrossFormerBlock(nn.Module):
     def mlp_forward(self, x):
         "`self.mlp(x)`; while training, the GELU output is recomputed in backward instead of kept (the widest tensor)."
         m = self.mlp
-        plain = type(m.act) is nn.GELU and m.act.approximate == 'none' and isinstance(m.norm, nn.Identity)
-        if plain and not self.training: return _linear(m.fc2, _linear(m.fc1, x, 'gelu'))   # dropouts are off in eval
-        if not (self.training and torch.is_grad_enabled() and not _tracing() and type(m.act) is nn.GELU
+        gelu = type(m.act) is nn.GELU and isinstance(m.norm, nn.Identity)          # fc1 -> GELU -> fc2, dropouts aside
+        if gelu and not self.training and m.act.approximate == 'none':             # dropouts are off in eval
+            return _linear(m.fc2, _linear(m.fc1, x, 'gelu'))
+        if not (gelu and self.training and torch.is_grad_enabled() and not _tracing()
                 and not torch.is_autocast_enabled(x.device.type)   # autocast: its hand-written backward would mix bf16 and fp32
-                and isinstance(m.norm, nn.Identity) and m.drop1.p == 0 and m.drop2.p == 0): return m(x)
+                and m.drop1.p == 0 and m.drop2.p == 0): return m(x)
         return _GELULinear.apply(m.fc1(x), m.fc2.weight, m.fc2.bias, m.act.approximate)
 
 # %% ../nbs/01_backbone.ipynb #c032

@@ -26,10 +26,9 @@ def longest_first(names, durations):
     return sorted(names, key=lambda n: -durations.get(n, float('inf')))
 
 def record_durations(seconds):
-    "Write `seconds` (name -> s) to `DURATIONS` whole (a temporary file, then a rename)."
-    tmp = DURATIONS.with_name(f'.{DURATIONS.name}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps({k: round(v) for k, v in sorted(seconds.items())}, indent=1) + '\n')
-    os.replace(tmp, DURATIONS)
+    "Write `seconds` (name -> s) to `DURATIONS` whole (the project's `core.atomic_write`)."
+    from crossformer_seg.core import atomic_write
+    with atomic_write(DURATIONS) as tmp: tmp.write_text(json.dumps({k: round(v) for k, v in sorted(seconds.items())}, indent=1) + '\n')
 
 def run_notebook(nb, flags=''):
     "Run one notebook with `nbdev-test`; prints its line (and the tail of its output if it fails); `(passed, failed)`."
