@@ -12,7 +12,7 @@ import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 # %% ../nbs/11_train.ipynb #c004
-import argparse, contextlib, json, signal, sys, threading, time
+import argparse, contextlib, gc, json, signal, sys, threading, time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -250,12 +250,14 @@ def sigterm_as_interrupt():
     def handler(signum, frame):
         if got: return   # already stopping
         got.append(signum); raise Terminated()
-    def unraisable(u):   # a `Terminated` Python had to ignore: `StopOnSignal` raises it again
-        if not isinstance(u.exc_value, Terminated): old_hook(u)
+    def unraisable(u):   # a `Terminated` Python had to ignore (`StopOnSignal` raises it again), or the clean-up of what it cut short
+        if not (got or isinstance(u.exc_value, Terminated)): old_hook(u)
     old, old_hook = signal.signal(signal.SIGTERM, handler), sys.unraisablehook
     sys.unraisablehook = unraisable
     try: yield got
-    finally: signal.signal(signal.SIGTERM, old); sys.unraisablehook = old_hook
+    finally:
+        if got: gc.collect()   # what the signal cut short dies under `unraisable`, even inside a reference cycle
+        signal.signal(signal.SIGTERM, old); sys.unraisablehook = old_hook
 
 class StopOnSignal(Callback):
     "Raise `Terminated` before the next batch once `got` (of `sigterm_as_interrupt`) holds a signal."
