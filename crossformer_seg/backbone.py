@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['MIN_INPUT_SIZE', 'CROSSFORMER_VARIANTS', 'ORIGINAL_BUFFER_SUFFIXES', 'default_cfgs', 'cross_scale_dims',
-           'CrossScaleEmbedding', 'CrossScaleMerging', 'DynamicPosBias', 'relative_offsets', 'short_distance_groups',
-           'short_distance_ungroup', 'long_distance_groups', 'long_distance_ungroup', 'attention_layout', 'layout_args',
-           'group_index', 'LSDAttention', 'CrossFormerBlock', 'CrossFormerStage', 'CrossFormer',
-           'check_against_compact', 'CrossFormerClassifier', 'checkpoint_filter_fn', 'crossformer_t', 'crossformer_s',
-           'crossformer_b', 'crossformer_l', 'crossformer_backbone']
+           'conv_as_blocks', 'CrossScaleEmbedding', 'CrossScaleMerging', 'DynamicPosBias', 'relative_offsets',
+           'short_distance_groups', 'short_distance_ungroup', 'long_distance_groups', 'long_distance_ungroup',
+           'attention_layout', 'layout_args', 'group_index', 'LSDAttention', 'CrossFormerBlock', 'CrossFormerStage',
+           'CrossFormer', 'check_against_compact', 'CrossFormerClassifier', 'checkpoint_filter_fn', 'crossformer_t',
+           'crossformer_s', 'crossformer_b', 'crossformer_l', 'crossformer_backbone']
 
 # %% ../nbs/01_backbone.ipynb #c002
 import math
@@ -26,6 +26,16 @@ def cross_scale_dims(dim, n_kernels):
     "Channel split of a cross-scale layer: `dim/2, dim/4, ...`, the last kernel gets the remainder (`dim/2**(n-1)`)."
     return [dim // 2 ** (i + 1) for i in range(n_kernels - 1)] + [dim // 2 ** (n_kernels - 1)]
 
+# %% ../nbs/01_backbone.ipynb #c008c
+def conv_as_blocks(x, weight, bias, stride, padding):
+    "`F.conv2d(x, weight, bias, stride, padding)` for a square kernel that is a multiple of the stride, as a stride-1 convolution over the `stride x stride` blocks of the padded `x`."
+    O, C, k, s, p = *weight.shape[:3], stride, padding
+    kb, (H, W) = k // s, x.shape[-2:]
+    oh, ow = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    blocks = F.pixel_unshuffle(F.pad(x, (p, p, p, p))[..., :s * (oh + kb - 1), :s * (ow + kb - 1)], s)  # channel c*s*s + dy*s + dx
+    return F.conv2d(blocks, weight.view(O, C, kb, s, kb, s).permute(0, 1, 3, 5, 2, 4).reshape(O, C * s * s, kb, kb), bias)
+
+
 # %% ../nbs/01_backbone.ipynb #c008a
 def _tracing():
     "True while `torch.compile`, `torch.export` or the ONNX exporter trace the model: sizes may be symbolic, no Python caches."
@@ -39,19 +49,45 @@ def _cross_scale_convs(convs, x):
     "The outputs of `convs` on the NCHW map `x`, concatenated along channels (a cross-scale layer's convolutions)."
     if _tracing(): return torch.cat([c(_packed(x)) for c in convs], 1)   # plain NCHW: a traced graph keeps every size free
     cl = torch.channels_last   # channels-last input and weights: 2-6x faster on CPU (kernels 16/32, and B=1), tokens need no copy
-    x = x.contiguous(memory_format=cl)
-    return torch.cat([F.conv2d(x, c.weight.contiguous(memory_format=cl), c.bias, c.stride, c.padding) for c in convs], 1)
+    xc, min_blocks = x.contiguous(memory_format=cl), 4 if torch.is_grad_enabled() else 8   # where the block form wins (measured)
+    return torch.cat([conv_as_blocks(x, c.weight, c.bias, c.stride[0], c.padding[0]).contiguous(memory_format=cl)
+                      if c.kernel_size[0] >= min_blocks * c.stride[0] and c.kernel_size[0] % c.stride[0] == 0 else
+                      F.conv2d(xc, c.weight.contiguous(memory_format=cl), c.bias, c.stride, c.padding) for c in convs], 1)
 
 _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, '_linear_pointwise', None) if torch.backends.mkldnn.is_available() else None
 
+def _onednn(x, w):
+    "Whether `x @ w.T` runs through oneDNN's linear: CPU fp32, not while tracing or under autocast (see the block)."
+    return (_ONEDNN_LINEAR is not None and x.device.type == 'cpu' and x.dtype == w.dtype == torch.float32
+            and not _tracing() and not torch.is_autocast_enabled('cpu'))
+
+def _fc(x, w, b=None):
+    "`F.linear(x, w, b)` for 2-d `x`, through oneDNN where `_onednn` says so (no autograd: callers give the backward)."
+    return _ONEDNN_LINEAR(x.contiguous(), w, b, 'none', [], '') if _onednn(x, w) else F.linear(x, w, b)
+
+class _OneDNNLinear(torch.autograd.Function):
+    "`F.linear` of 2-d `x` with oneDNN's forward and input gradient; the weight gradient is `mm`'s (MKL is faster there)."
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        return _fc(x, w, b)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        dx = _fc(dy, w.t().contiguous()) if ctx.needs_input_grad[0] else None
+        dw = dy.t() @ x if ctx.needs_input_grad[1] else None
+        return dx, dw, dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+
 def _linear(lin, x, act=None):
-    "`lin(x)`, then GELU if `act == 'gelu'`; in CPU fp32 inference through oneDNN's linear with the GELU fused (see the block)."
-    if (_ONEDNN_LINEAR is not None and x.device.type == 'cpu' and x.dtype == lin.weight.dtype == torch.float32
-            and not torch.is_grad_enabled() and not _tracing() and not torch.is_autocast_enabled('cpu')):
-        y = _ONEDNN_LINEAR(x.reshape(-1, x.shape[-1]), lin.weight, lin.bias, act or 'none', [], 'none' if act else '')
-        return y.view(*x.shape[:-1], y.shape[-1])
-    y = lin(x)
-    return F.gelu(y) if act == 'gelu' else y
+    "`lin(x)`, then GELU if `act == 'gelu'`; on CPU fp32 through oneDNN's linear (see the block)."
+    if _onednn(x, lin.weight):
+        x2 = x.reshape(-1, x.shape[-1])
+        y = _OneDNNLinear.apply(x2, lin.weight, lin.bias) if torch.is_grad_enabled() else _fc(x2, lin.weight, lin.bias)
+        y = y.view(*x.shape[:-1], y.shape[-1])
+    else: y = lin(x)
+    return F.gelu(y) if act == 'gelu' else y   # oneDNN's fused GELU gives the same bits, slower (see the block)
 
 def _size_cache(maxsize):
     "`lru_cache` for tables built once per size: built outside inference mode (autograd may save them later), read-only."
@@ -290,14 +326,15 @@ class _GELULinear(torch.autograd.Function):
     def forward(ctx, h, w, b, approximate):
         ctx.save_for_backward(h, w)
         ctx.approximate, ctx.has_bias = approximate, b is not None
-        return F.linear(F.gelu(h, approximate=approximate), w, b)
+        y = _fc(F.gelu(h, approximate=approximate).reshape(-1, h.shape[-1]), w, b)
+        return y.view(*h.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, dy):
         h, w = ctx.saved_tensors
         dy2 = dy.reshape(-1, dy.shape[-1])
         dw = dy2.t() @ F.gelu(h, approximate=ctx.approximate).reshape(-1, h.shape[-1])
-        dh = torch.ops.aten.gelu_backward(dy @ w, h, approximate=ctx.approximate)
+        dh = torch.ops.aten.gelu_backward(_fc(dy2, w.t().contiguous()).view(h.shape), h, approximate=ctx.approximate)
         return dh, dw, dy2.sum(0) if ctx.has_bias else None, None
 
 # %% ../nbs/01_backbone.ipynb #c030
@@ -348,7 +385,7 @@ class CrossFormerBlock(nn.Module):
         if not (gelu and self.training and torch.is_grad_enabled() and not _tracing()
                 and not torch.is_autocast_enabled(x.device.type)   # autocast: its hand-written backward would mix bf16 and fp32
                 and m.drop1.p == 0 and m.drop2.p == 0): return m(x)
-        return _GELULinear.apply(m.fc1(x), m.fc2.weight, m.fc2.bias, m.act.approximate)
+        return _GELULinear.apply(_linear(m.fc1, x), m.fc2.weight, m.fc2.bias, m.act.approximate)
 
 # %% ../nbs/01_backbone.ipynb #c032
 class CrossFormerStage(nn.Module):
@@ -473,7 +510,7 @@ class CrossFormer(nn.Module):
             final = self.norm(out) if i == last and self.norm is not None and (norm or not intermediates_only) else out
             if i in take:
                 o = final if norm else out
-                outs.append(o.transpose(1, 2).reshape(o.shape[0], -1, H, W))
+                outs.append(o.reshape(o.shape[0], H, W, -1).permute(0, 3, 1, 2))   # channels-last view: the neck's convolutions stay so
             H, W = h, w
         if intermediates_only: return outs
         return final, outs
