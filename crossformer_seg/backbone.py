@@ -14,6 +14,7 @@ __all__ = ['MIN_INPUT_SIZE', 'CROSSFORMER_VARIANTS', 'ORIGINAL_BUFFER_SUFFIXES',
 import math
 from functools import lru_cache, wraps
 import torch, torch.nn as nn, torch.nn.functional as F
+from .core import tracing
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import register_model, build_model_with_cfg, generate_default_cfgs
@@ -37,17 +38,13 @@ def conv_as_blocks(x, weight, bias, stride, padding):
 
 
 # %% ../nbs/01_backbone.ipynb #c008a
-def _tracing():
-    "True while `torch.compile`, `torch.export` or the ONNX exporter trace the model: sizes may be symbolic, no Python caches."
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
-
 def _packed(t):
     "A contiguous copy of `t` (`clone`, not `reshape`: a traced graph then keeps every size free, 1 included)."
     return t.clone(memory_format=torch.contiguous_format)
 
 def _cross_scale_convs(convs, x):
     "The outputs of `convs` on the NCHW map `x`, concatenated along channels (a cross-scale layer's convolutions)."
-    if _tracing(): return torch.cat([c(_packed(x)) for c in convs], 1)   # plain NCHW: a traced graph keeps every size free
+    if tracing(): return torch.cat([c(_packed(x)) for c in convs], 1)   # plain NCHW: a traced graph keeps every size free
     cl = torch.channels_last   # channels-last input and weights: 2-6x faster on CPU (kernels 16/32, and B=1), tokens need no copy
     xc, min_blocks = x.contiguous(memory_format=cl), 4 if torch.is_grad_enabled() else 8   # where the block form wins (measured)
     return torch.cat([conv_as_blocks(x, c.weight, c.bias, c.stride[0], c.padding[0]).contiguous(memory_format=cl)
@@ -59,7 +56,7 @@ _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, '_linear_pointwise', None) if torch.b
 def _onednn(x, w):
     "Whether `x @ w.T` runs through oneDNN's linear: CPU fp32, not while tracing or under autocast (see the block)."
     return (_ONEDNN_LINEAR is not None and x.device.type == 'cpu' and x.dtype == w.dtype == torch.float32
-            and not _tracing() and not torch.is_autocast_enabled('cpu'))
+            and not tracing() and not torch.is_autocast_enabled('cpu'))
 
 def _fc(x, w, b=None):
     "`F.linear(x, w, b)` for 2-d `x`, through oneDNN where `_onednn` says so (no autograd: callers give the backward)."
@@ -130,7 +127,7 @@ class CrossScaleMerging(nn.Module):
         x = _cross_scale_convs(self.reductions, x)
         H, W = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)
-        return (_packed(x) if _tracing() else x.contiguous()), (H, W)   # contiguous tokens for the next stage
+        return (_packed(x) if tracing() else x.contiguous()), (H, W)   # contiguous tokens for the next stage
 
 # %% ../nbs/01_backbone.ipynb #c014
 class DynamicPosBias(nn.Module):
@@ -158,7 +155,7 @@ _cached_relative_tables = _size_cache(128)(_relative_tables)
 
 def relative_offsets(Gh, Gw, device=None):
     "All relative offsets `(dy, dx)` of a `Gh x Gw` group, shape `((2Gh-1)(2Gw-1), 2)`, and the `N x N` index into them."
-    if _tracing() or not (isinstance(Gh, int) and isinstance(Gw, int)): return _relative_tables(Gh, Gw, device)
+    if tracing() or not (isinstance(Gh, int) and isinstance(Gw, int)): return _relative_tables(Gh, Gw, device)
     return _cached_relative_tables(Gh, Gw, torch.device(device or 'cpu'))  # built once per size and device
 
 # %% ../nbs/01_backbone.ipynb #c018
@@ -273,7 +270,7 @@ class LSDAttention(nn.Module):
     def position_bias(self, Gh, Gw, device):
         "DPB for a `Gh x Gw` group: `(num_heads, N, N)`, contiguous."
         w, key = self.pos.pos_proj.weight, None
-        if not (_tracing() or torch.is_autocast_enabled(device.type) or (torch.is_grad_enabled() and w.requires_grad)):
+        if not (tracing() or torch.is_autocast_enabled(device.type) or (torch.is_grad_enabled() and w.requires_grad)):
             try: key = (Gh, Gw, device, w.dtype, tuple((p.data_ptr(), p._version) for p in self.pos.parameters()))
             except RuntimeError: pass                                  # inference tensors have no version counter
             if key in self._bias_cache: return self._bias_cache[key]
@@ -287,7 +284,7 @@ class LSDAttention(nn.Module):
 
     def _sdpa(self, q, k, v, mask):
         if (q.device.type == 'cpu' and torch.is_grad_enabled() and (q.requires_grad or mask.requires_grad)
-                and q.dtype == mask.dtype == torch.float32 and not _tracing()):
+                and q.dtype == mask.dtype == torch.float32 and not tracing()):
             return _CPUAttention.apply(q, k, v, mask, self.scale)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=self.scale)
 
@@ -311,7 +308,7 @@ class LSDAttention(nn.Module):
     def forward(self, x, H, W, sda, size):
         "`x`: `(B, H*W, C)` tokens; `sda`, `size`: the layout (see `layout_args`). Returns `(B, H*W, C)`."
         B, L, C = x.shape
-        if _tracing(): (gather, scatter, pad, (Gh, Gw)), n_plain = group_index(H, W, sda, size, B, x.device), 0
+        if tracing(): (gather, scatter, pad, (Gh, Gw)), n_plain = group_index(H, W, sda, size, B, x.device), 0
         else: gather, scatter, pad, (Gh, Gw), n_plain = _eager_group_index(H, W, sda, size, B, x.device)
         N, h = Gh * Gw, self.num_heads
         xg = x.reshape(B * L, C).index_select(0, gather)              # (nG*B*N, C): padded and grouped in one copy
@@ -382,7 +379,7 @@ class CrossFormerBlock(nn.Module):
         gelu = type(m.act) is nn.GELU and isinstance(m.norm, nn.Identity)          # fc1 -> GELU -> fc2, dropouts aside
         if gelu and not self.training and m.act.approximate == 'none':             # dropouts are off in eval
             return _linear(m.fc2, _linear(m.fc1, x, 'gelu'))
-        if not (gelu and self.training and torch.is_grad_enabled() and not _tracing()
+        if not (gelu and self.training and torch.is_grad_enabled() and not tracing()
                 and not torch.is_autocast_enabled(x.device.type)   # autocast: its hand-written backward would mix bf16 and fp32
                 and m.drop1.p == 0 and m.drop2.p == 0): return m(x)
         return _GELULinear.apply(_linear(m.fc1, x), m.fc2.weight, m.fc2.bias, m.act.approximate)

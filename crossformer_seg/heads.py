@@ -11,12 +11,13 @@ from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .core import tracing
 
 # %% ../nbs/02_heads.ipynb #c005
 def resize(x, size, mode='bilinear', align_corners=False):
     "`F.interpolate` to `size` (MMSegmentation's `resize`); `align_corners` only applies to the linear modes."
     size = tuple(s if isinstance(s, torch.SymInt) else int(s) for s in size)  # symbolic sizes stay symbolic (export)
-    if not torch.compiler.is_compiling() and mode in ('bilinear', 'nearest') and tuple(x.shape[-2:]) == size:
+    if not tracing() and mode in ('bilinear', 'nearest') and tuple(x.shape[-2:]) == size:
         return x  # identity resize (while tracing, interpolate anyway: comparing symbolic sizes would fix them)
     if mode == 'nearest': return F.interpolate(x, size=size, mode=mode)
     return F.interpolate(x, size=size, mode=mode, align_corners=align_corners)

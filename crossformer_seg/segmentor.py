@@ -12,8 +12,8 @@ import copy, inspect, math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import plain_tensor, NonFiniteError, nonfinite_counts
-from .backbone import CrossFormer, CROSSFORMER_VARIANTS, _tracing
+from .core import plain_tensor, tracing, NonFiniteError, nonfinite_counts
+from .backbone import CrossFormer, CROSSFORMER_VARIANTS
 from .heads import resize, FPN, FPNHead, UPerHead, FCNHead
 
 # %% ../nbs/03_segmentor.ipynb #c005
@@ -58,7 +58,7 @@ class EncoderDecoder(nn.Module):
     def encode_decode(self, x):
         "Main logits resized to the input size (mmseg's `encode_decode` / `forward_dummy`); channels-last in memory on the CPU."
         out = self.decode_head(self.extract_feat(x))
-        if out.device.type == 'cpu' and not _tracing(): out = out.contiguous(memory_format=torch.channels_last)  # the fast resize
+        if out.device.type == 'cpu' and not tracing(): out = out.contiguous(memory_format=torch.channels_last)  # the fast resize
         return resize(out, x.shape[-2:], align_corners=self.align_corners)
 
     def forward(self, x):
