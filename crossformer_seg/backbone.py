@@ -47,9 +47,12 @@ def _cross_scale_convs(convs, x):
     if tracing(): return torch.cat([c(_packed(x)) for c in convs], 1)   # plain NCHW: a traced graph keeps every size free
     cl = torch.channels_last   # channels-last input and weights: 2-6x faster on CPU (kernels 16/32, and B=1), tokens need no copy
     xc, min_blocks = x.contiguous(memory_format=cl), 4 if torch.is_grad_enabled() else 8   # where the block form wins (measured)
-    return torch.cat([conv_as_blocks(x, c.weight, c.bias, c.stride[0], c.padding[0]).contiguous(memory_format=cl)
-                      if c.kernel_size[0] >= min_blocks * c.stride[0] and c.kernel_size[0] % c.stride[0] == 0 else
-                      F.conv2d(xc, c.weight.contiguous(memory_format=cl), c.bias, c.stride, c.padding) for c in convs], 1)
+    def conv(c):
+        (k, _), (s, _) = c.kernel_size, c.stride
+        if k % s == 0 and k >= min_blocks * s:
+            return conv_as_blocks(x, c.weight, c.bias, s, c.padding[0]).contiguous(memory_format=cl)
+        return F.conv2d(xc, c.weight.contiguous(memory_format=cl), c.bias, c.stride, c.padding)
+    return torch.cat([conv(c) for c in convs], 1)
 
 _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, '_linear_pointwise', None) if torch.backends.mkldnn.is_available() else None
 
@@ -58,32 +61,35 @@ def _onednn(x, w):
     return (_ONEDNN_LINEAR is not None and x.device.type == 'cpu' and x.dtype == w.dtype == torch.float32
             and not tracing() and not torch.is_autocast_enabled('cpu'))
 
+def _dnn(x, w, b=None):
+    "`F.linear(x, w, b)` by oneDNN's kernel, for `x` of any rank (no autograd: callers give the backward)."
+    y = _ONEDNN_LINEAR(x.reshape(-1, x.shape[-1]).contiguous(), w, b, 'none', [], '')
+    return y.view(*x.shape[:-1], y.shape[-1])
+
 def _fc(x, w, b=None):
-    "`F.linear(x, w, b)` for 2-d `x`, through oneDNN where `_onednn` says so (no autograd: callers give the backward)."
-    return _ONEDNN_LINEAR(x.contiguous(), w, b, 'none', [], '') if _onednn(x, w) else F.linear(x, w, b)
+    "`F.linear(x, w, b)`, through oneDNN where `_onednn` says so (no autograd)."
+    return _dnn(x, w, b) if _onednn(x, w) else F.linear(x, w, b)
 
 class _OneDNNLinear(torch.autograd.Function):
-    "`F.linear` of 2-d `x` with oneDNN's forward and input gradient; the weight gradient is `mm`'s (MKL is faster there)."
+    "`F.linear` with oneDNN's forward and input gradient; the weight gradient is `mm`'s (MKL is faster there)."
     @staticmethod
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        return _fc(x, w, b)
+        return _dnn(x, w, b)
 
     @staticmethod
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
-        dx = _fc(dy, w.t().contiguous()) if ctx.needs_input_grad[0] else None
-        dw = dy.t() @ x if ctx.needs_input_grad[1] else None
-        return dx, dw, dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        dx = _dnn(dy, w.t().contiguous()) if ctx.needs_input_grad[0] else None
+        dw = dy2.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
+        return dx, dw, dy2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
 
 def _linear(lin, x, act=None):
     "`lin(x)`, then GELU if `act == 'gelu'`; on CPU fp32 through oneDNN's linear (see the block)."
-    if _onednn(x, lin.weight):
-        x2 = x.reshape(-1, x.shape[-1])
-        y = _OneDNNLinear.apply(x2, lin.weight, lin.bias) if torch.is_grad_enabled() else _fc(x2, lin.weight, lin.bias)
-        y = y.view(*x.shape[:-1], y.shape[-1])
-    else: y = lin(x)
+    if not _onednn(x, lin.weight): y = lin(x)
+    else: y = (_OneDNNLinear.apply if torch.is_grad_enabled() else _dnn)(x, lin.weight, lin.bias)
     return F.gelu(y) if act == 'gelu' else y   # oneDNN's fused GELU gives the same bits, slower (see the block)
 
 def _size_cache(maxsize):
@@ -323,15 +329,14 @@ class _GELULinear(torch.autograd.Function):
     def forward(ctx, h, w, b, approximate):
         ctx.save_for_backward(h, w)
         ctx.approximate, ctx.has_bias = approximate, b is not None
-        y = _fc(F.gelu(h, approximate=approximate).reshape(-1, h.shape[-1]), w, b)
-        return y.view(*h.shape[:-1], y.shape[-1])
+        return _fc(F.gelu(h, approximate=approximate), w, b)
 
     @staticmethod
     def backward(ctx, dy):
         h, w = ctx.saved_tensors
         dy2 = dy.reshape(-1, dy.shape[-1])
         dw = dy2.t() @ F.gelu(h, approximate=ctx.approximate).reshape(-1, h.shape[-1])
-        dh = torch.ops.aten.gelu_backward(_fc(dy2, w.t().contiguous()).view(h.shape), h, approximate=ctx.approximate)
+        dh = torch.ops.aten.gelu_backward(_fc(dy, w.t().contiguous()), h, approximate=ctx.approximate)
         return dh, dw, dy2.sum(0) if ctx.has_bias else None, None
 
 # %% ../nbs/01_backbone.ipynb #c030

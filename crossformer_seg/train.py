@@ -250,8 +250,8 @@ def sigterm_as_interrupt():
     def handler(signum, frame):
         if got: return   # already stopping
         got.append(signum); raise Terminated()
-    def unraisable(u):   # a `Terminated` Python had to ignore (`StopOnSignal` raises it again), or the clean-up of what it cut short
-        if not (got or isinstance(u.exc_value, Terminated)): old_hook(u)
+    def unraisable(u):   # once stopping: a `Terminated` Python had to ignore (`StopOnSignal` raises it again), or what it cut short
+        if not got: old_hook(u)
     old, old_hook = signal.signal(signal.SIGTERM, handler), sys.unraisablehook
     sys.unraisablehook = unraisable
     try: yield got
