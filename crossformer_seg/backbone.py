@@ -238,6 +238,8 @@ def _eager_group_index(H, W, sda, size, batch, device):
     return gather, scatter, pad, group, int((~pad.any(1)).sum())      # ... and the number of groups without padding
 
 # %% ../nbs/01_backbone.ipynb #c027b
+_CHUNK_BYTES = 2 ** 21   # probabilities per step of the attention backward: they stay in cache (2 MiB measured best)
+
 class _CPUAttention(torch.autograd.Function):
     "`softmax(q k^T * scale + mask) v` on CPU: the fused kernel forward, and a backward that gives `mask` its gradient too."
     @staticmethod
@@ -250,12 +252,26 @@ class _CPUAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, mask, out, lse = ctx.saved_tensors
-        p = (q @ k.transpose(-2, -1)).mul_(ctx.scale).add_(mask).sub_(lse.unsqueeze(-1)).exp_()  # probabilities, recomputed
-        dv = p.transpose(-2, -1) @ do
-        ds = (do @ v.transpose(-2, -1)).sub_((do * out).sum(-1, keepdim=True)).mul_(p)          # gradient of the logits
-        del p
-        dq, dk = (ds @ k).mul_(ctx.scale), (ds.transpose(-2, -1) @ q).mul_(ctx.scale)
-        return dq, dk, dv, ds.sum_to_size(mask.shape) if ctx.needs_input_grad[3] else None, None
+        B, h, N, d = q.shape
+        delta = (do * out).sum(-1, keepdim=True).view(B * h, N, 1)
+        q, k, v, do = (t.contiguous().view(B * h, N, d) for t in (q * ctx.scale, k, v, do))   # q pre-scaled
+        lse, dq, dk, dv = lse.reshape(B * h, N, 1), torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dmask = torch.zeros_like(mask) if ctx.needs_input_grad[3] else None
+        step = max(1, _CHUNK_BYTES // (h * N * N * q.element_size()))   # groups at a time
+        for i in range(0, B, step):
+            j = min(i + step, B)
+            r, m = slice(i * h, j * h), (mask if mask.shape[0] == 1 else mask[i:j])
+            p = torch.bmm(q[r], k[r].transpose(1, 2)).view(j - i, h, N, N).add_(m).view(-1, N, N).sub_(lse[r]).exp_()
+            torch.bmm(p.transpose(1, 2), do[r], out=dv[r])
+            ds = torch.bmm(do[r], v[r].transpose(1, 2)).sub_(delta[r]).mul_(p)   # gradient of the logits
+            torch.bmm(ds, k[r], out=dq[r])
+            torch.bmm(ds.transpose(1, 2), q[r], out=dk[r])                # q carries the scale
+            if dmask is None: continue
+            g = ds.view(j - i, h, N, N).sum_to_size(m.shape)              # summed over what the mask broadcasts over
+            if mask.shape[0] == 1: dmask.add_(g)
+            else: dmask[i:j] = g
+        return dq.mul_(ctx.scale).view(B, h, N, d), dk.view(B, h, N, d), dv.view(B, h, N, d), dmask, None
+
 
 # %% ../nbs/01_backbone.ipynb #c028
 class LSDAttention(nn.Module):
