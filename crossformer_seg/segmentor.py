@@ -216,7 +216,7 @@ class _ResizedCrossEntropy(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         return (grad * d_sums.view(-1, 1, 1, 1)).permute(0, 3, 1, 2).to(ctx.dtype), None, None, None, None
 
-def resized_cross_entropy(logits, target, ignore_index=255, align_corners=False, band_elems=2 ** 23):
+def resized_cross_entropy(logits, target, ignore_index=255, align_corners=False, band_elems=2 ** 21):
     "Per-image sums `(B,)` of `F.cross_entropy(resize(logits, target's size), target, reduction='none')`, in bands of about `band_elems` logits (fp32)."
     if logits.ndim != 4 or target.ndim != 3 or logits.shape[0] != target.shape[0]:
         raise ValueError(f'resized_cross_entropy: logits must be (B, C, h, w) and target (B, H, W), got {tuple(logits.shape)} and {tuple(target.shape)}')
