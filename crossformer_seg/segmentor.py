@@ -17,6 +17,13 @@ from .backbone import CrossFormer, CROSSFORMER_VARIANTS
 from .heads import resize, FPN, FPNHead, UPerHead, FCNHead
 
 # %% ../nbs/03_segmentor.ipynb #c005
+class _NCHW(torch.autograd.Function):
+    "`x.contiguous()`, whose gradient goes back in `x`'s channels-last layout (the backbone's token gradients stay contiguous)."
+    @staticmethod
+    def forward(ctx, x): return x.contiguous()
+    @staticmethod
+    def backward(ctx, g): return g.contiguous(memory_format=torch.channels_last)
+
 class EncoderDecoder(nn.Module):
     "Backbone (+ neck) + decode head (+ auxiliary head), MMSegmentation's `EncoderDecoder` names and semantics."
     def __init__(self, backbone, decode_head, neck=None, auxiliary_head=None, align_corners=False):
@@ -46,7 +53,7 @@ class EncoderDecoder(nn.Module):
         "The backbone's stage maps, through the neck if there is one."
         feats = self.backbone(plain_tensor(x))
         if self.training and torch.is_grad_enabled() and feats[0].device.type == 'cpu':   # NCHW: channels-last weight gradients are slow
-            feats = [f.contiguous() for f in feats]
+            feats = [_NCHW.apply(f) for f in feats]
         return self.neck(feats) if self.with_neck else feats
 
     def forward_heads(self, x):
