@@ -240,37 +240,51 @@ def _eager_group_index(H, W, sda, size, batch, device):
 # %% ../nbs/01_backbone.ipynb #c027b
 _CHUNK_BYTES = 2 ** 21   # probabilities per step of the attention backward: they stay in cache (2 MiB measured best)
 
-class _CPUAttention(torch.autograd.Function):
-    "`softmax(q k^T * scale + mask) v` on CPU: the fused kernel forward, and a backward that gives `mask` its gradient too."
+def _flash(q, k, v, mask, scale):
+    "PyTorch's fused CPU attention kernel: the output and the log-sum-exp of each query's logits."
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0., False, attn_mask=mask, scale=scale)
+
+def _heads_major(t, c, h, N, d):
+    "A fresh contiguous `(c*h, N, d)` copy of a `(c, N, h, d)` view (one chunk of q, k, v or their gradients)."
+    return t.transpose(1, 2).clone(memory_format=torch.contiguous_format).view(c * h, N, d)
+
+class _GroupAttention(torch.autograd.Function):
+    "LSDA attention of one block on the CPU while training, from the `qkv` projection straight to the `(nG*B*N, C)` output, with the DPB bias's gradient."
     @staticmethod
-    def forward(ctx, q, k, v, mask, scale):
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0., False, attn_mask=mask, scale=scale)
-        ctx.save_for_backward(q, k, v, mask, out, lse)                 # no N x N tensor is kept for backward
-        ctx.scale = scale
+    def forward(ctx, qkv, bias, pad, n_plain, batch, scale):
+        nGB, N, _, h, d = qkv.shape                                    # qkv: (nG*B, N, 3, h, d), group-major
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                 # (nG*B, h, N, d) views
+        P, outs = n_plain * batch, []
+        neg = (pad[n_plain:].to(bias.dtype) * -1e6).repeat_interleave(batch, 0)   # (nPad*B, N): padded keys
+        if P: outs.append(_flash(q[:P], k[:P], v[:P], bias.unsqueeze(0), scale))  # one broadcast mask
+        if P < nGB: outs.append(_flash(q[P:], k[P:], v[P:], bias + neg[:, None, None, :], scale))
+        out = torch.cat([o.transpose(1, 2) for o, _ in outs]).view(nGB * N, h * d)
+        lse = torch.cat([l for _, l in outs])                          # (nG*B, h, N)
+        ctx.save_for_backward(qkv, bias, neg, lse, out)                # no N x N tensor is kept for backward
+        ctx.P, ctx.scale = P, scale
         return out
 
     @staticmethod
-    def backward(ctx, do):
-        q, k, v, mask, out, lse = ctx.saved_tensors
-        B, h, N, d = q.shape
-        delta = (do * out).sum(-1, keepdim=True).view(B * h, N, 1)
-        q, k, v, do = (t.contiguous().view(B * h, N, d) for t in (q * ctx.scale, k, v, do))   # q pre-scaled
-        lse, dq, dk, dv = lse.reshape(B * h, N, 1), torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        dmask = torch.zeros_like(mask) if ctx.needs_input_grad[3] else None
-        step = max(1, _CHUNK_BYTES // (h * N * N * q.element_size()))   # groups at a time
-        for i in range(0, B, step):
-            j = min(i + step, B)
-            r, m = slice(i * h, j * h), (mask if mask.shape[0] == 1 else mask[i:j])
-            p = torch.bmm(q[r], k[r].transpose(1, 2)).view(j - i, h, N, N).add_(m).view(-1, N, N).sub_(lse[r]).exp_()
-            torch.bmm(p.transpose(1, 2), do[r], out=dv[r])
-            ds = torch.bmm(do[r], v[r].transpose(1, 2)).sub_(delta[r]).mul_(p)   # gradient of the logits
-            torch.bmm(ds, k[r], out=dq[r])
-            torch.bmm(ds.transpose(1, 2), q[r], out=dk[r])                # q carries the scale
-            if dmask is None: continue
-            g = ds.view(j - i, h, N, N).sum_to_size(m.shape)              # summed over what the mask broadcasts over
-            if mask.shape[0] == 1: dmask.add_(g)
-            else: dmask[i:j] = g
-        return dq.mul_(ctx.scale).view(B, h, N, d), dk.view(B, h, N, d), dv.view(B, h, N, d), dmask, None
+    def backward(ctx, dout):
+        qkv, bias, neg, lse, out = ctx.saved_tensors
+        nGB, N, _, h, d = qkv.shape
+        P, scale, dout, out = ctx.P, ctx.scale, dout.view(nGB, N, h, d), out.view(nGB, N, h, d)
+        dqkv, dbias = torch.empty_like(qkv), torch.zeros_like(bias)
+        step = max(1, _CHUNK_BYTES // (h * N * N * qkv.element_size()))   # groups at a time: their probabilities fit in cache
+        for i in [*range(0, P, step), *range(P, nGB, step)]:
+            j = min(i + step, P if i < P else nGB)
+            c = j - i
+            q, k, v, do = (_heads_major(t, c, h, N, d) for t in (qkv[i:j, :, 0], qkv[i:j, :, 1], qkv[i:j, :, 2], dout[i:j]))
+            q.mul_(scale)
+            s = torch.bmm(q, k.transpose(1, 2)).view(c, h, N, N).add_(bias)
+            if i >= P: s.add_(neg[i - P:j - P, None, None, :])
+            p = s.view(-1, N, N).sub_(lse[i:j].reshape(-1, N, 1)).exp_()          # probabilities, recomputed
+            delta = (do.view(c, h, N, d) * out[i:j].transpose(1, 2)).sum(-1).view(-1, N, 1)
+            ds = torch.bmm(do, v.transpose(1, 2)).sub_(delta).mul_(p)             # gradient of the logits
+            for t, g in ((0, torch.bmm(ds, k).mul_(scale)), (1, torch.bmm(ds.transpose(1, 2), q)), (2, torch.bmm(p.transpose(1, 2), do))):
+                dqkv[i:j, :, t].copy_(g.view(c, h, N, d).transpose(1, 2))          # q carried the scale for dk
+            dbias.add_(ds.view(c, h, N, N).sum(0))                                 # the bias is shared by every group
+        return dqkv, dbias, None, None, None, None
 
 
 # %% ../nbs/01_backbone.ipynb #c028
@@ -305,10 +319,12 @@ class LSDAttention(nn.Module):
         return bias
 
     def _sdpa(self, q, k, v, mask):
-        if (q.device.type == 'cpu' and torch.is_grad_enabled() and (q.requires_grad or mask.requires_grad)
-                and q.dtype == mask.dtype == torch.float32 and not tracing()):
-            return _CPUAttention.apply(q, k, v, mask, self.scale)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=self.scale)
+
+    def _fused_backward(self, qkv, bias):
+        "Whether `_GroupAttention` applies: the SDPA path recording gradients on the CPU in fp32, no attention dropout."
+        return (self.use_sdpa and qkv.device.type == 'cpu' and torch.is_grad_enabled() and (qkv.requires_grad or bias.requires_grad)
+                and qkv.dtype == bias.dtype == torch.float32 and not tracing() and not (self.training and self.attn_drop.p > 0))
 
     def attend(self, q, k, v, bias, pad, n_plain, batch):
         "`softmax(q k^T * scale + bias + mask) v` of group-major `(nG*batch, h, N, d)` q, k, v -> `(nG*batch*N, h*d)`."
@@ -334,8 +350,9 @@ class LSDAttention(nn.Module):
         else: gather, scatter, pad, (Gh, Gw), n_plain = _eager_group_index(H, W, sda, size, B, x.device)
         N, h = Gh * Gw, self.num_heads
         xg = x.reshape(B * L, C).index_select(0, gather)              # (nG*B*N, C): padded and grouped in one copy
-        q, k, v = _linear(self.qkv, xg).view(-1, N, 3, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)   # (nG*B, h, N, d)
-        o = self.attend(q, k, v, self.position_bias(Gh, Gw, x.device), pad, n_plain, B)
+        qkv, bias = _linear(self.qkv, xg).view(-1, N, 3, h, C // h), self.position_bias(Gh, Gw, x.device)
+        if self._fused_backward(qkv, bias): o = _GroupAttention.apply(qkv, bias, pad, n_plain, B, self.scale)
+        else: o = self.attend(*qkv.permute(2, 0, 3, 1, 4).unbind(0), bias, pad, n_plain, B)   # q, k, v: (nG*B, h, N, d)
         return self.proj_drop(_linear(self.proj, o)).index_select(0, scatter).view(B, L, C)   # ungrouped and cropped in one copy
 
 # %% ../nbs/01_backbone.ipynb #c029b
