@@ -205,12 +205,14 @@ class _ResizedCrossEntropy(torch.autograd.Function):
                 t = target[:, r]
                 valid = t != ignore_index
                 idx = t.masked_fill(~valid, 0).unsqueeze(-1)
-                m = z.amax(-1, keepdim=True)
-                e = (z - m).exp_()
-                s = e.sum(-1, keepdim=True)
-                sums += ((m + s.log() - z.gather(-1, idx)).squeeze(-1) * valid).flatten(1).sum(1)
+                prob = torch.softmax(z, -1)                                                # one fused pass
+                p_t = prob.gather(-1, idx).squeeze(-1)
+                nll, tiny = p_t.log().neg_(), p_t < 1e-30                                  # tiny: the log would lose it
+                if tiny.any(): nll[tiny] = torch.logsumexp(z[tiny], -1) - z[tiny].gather(-1, idx[tiny]).squeeze(-1)
+                sums += (nll * valid).flatten(1).sum(1)
                 if grad is not None:                                                       # softmax - one-hot, 0 if ignored
-                    dz = e.div_(s).scatter_add_(-1, idx, torch.full_like(e[..., :1], -1)).mul_(valid.unsqueeze(-1))
+                    dz = prob.scatter_add_(-1, idx, torch.full_like(prob[..., :1], -1))
+                    if not valid.all(): dz.mul_(valid.unsqueeze(-1))
                     (g,) = torch.autograd.grad(zc, xr, dz.permute(0, 3, 1, 2))
                     g = g.permute(0, 2, 3, 1)                                              # back through the H step
                     grad.index_add_(1, lo[r], g * (1 - wr)).index_add_(1, hi[r], g * wr)
