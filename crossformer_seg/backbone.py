@@ -240,6 +240,10 @@ def _eager_group_index(H, W, sda, size, batch, device):
 # %% ../nbs/01_backbone.ipynb #c027b
 _CHUNK_BYTES = 2 ** 21   # probabilities per step of the attention backward: they stay in cache (2 MiB measured best)
 
+def _key_mask(pad, dtype):
+    "The additive mask of padded keys: `-1e6` where `pad` is set (the softmax then gives them no weight), else 0."
+    return pad.to(dtype) * -1e6
+
 def _flash(q, k, v, mask, scale):
     "PyTorch's fused CPU attention kernel: the output and the log-sum-exp of each query's logits."
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0., False, attn_mask=mask, scale=scale)
@@ -255,7 +259,7 @@ class _GroupAttention(torch.autograd.Function):
         nGB, N, _, h, d = qkv.shape                                    # qkv: (nG*B, N, 3, h, d), group-major
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                 # (nG*B, h, N, d) views
         P, outs = n_plain * batch, []
-        neg = (pad[n_plain:].to(bias.dtype) * -1e6).repeat_interleave(batch, 0)   # (nPad*B, N): padded keys
+        neg = _key_mask(pad[n_plain:], bias.dtype).repeat_interleave(batch, 0)      # (nPad*B, N)
         if P: outs.append(_flash(q[:P], k[:P], v[:P], bias.unsqueeze(0), scale))  # one broadcast mask
         if P < nGB: outs.append(_flash(q[P:], k[P:], v[P:], bias + neg[:, None, None, :], scale))
         out = torch.cat([o.transpose(1, 2) for o, _ in outs]).view(nGB * N, h * d)
@@ -321,24 +325,28 @@ class LSDAttention(nn.Module):
     def _sdpa(self, q, k, v, mask):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=self.scale)
 
+    def _explicit(self):
+        "Whether attention takes the explicit path: chosen, or attention dropout active (the fused kernels have none here)."
+        return not self.use_sdpa or (self.training and self.attn_drop.p > 0)
+
     def _fused_backward(self, qkv, bias):
-        "Whether `_GroupAttention` applies: the SDPA path recording gradients on the CPU in fp32, no attention dropout."
-        return (self.use_sdpa and qkv.device.type == 'cpu' and torch.is_grad_enabled() and (qkv.requires_grad or bias.requires_grad)
-                and qkv.dtype == bias.dtype == torch.float32 and not tracing() and not (self.training and self.attn_drop.p > 0))
+        "Whether `_GroupAttention` applies: the SDPA path recording gradients on the CPU in fp32."
+        return (not self._explicit() and qkv.device.type == 'cpu' and torch.is_grad_enabled() and (qkv.requires_grad or bias.requires_grad)
+                and qkv.dtype == bias.dtype == torch.float32 and not tracing())
 
     def attend(self, q, k, v, bias, pad, n_plain, batch):
         "`softmax(q k^T * scale + bias + mask) v` of group-major `(nG*batch, h, N, d)` q, k, v -> `(nG*batch*N, h*d)`."
         nGB, h, N, d = q.shape
-        if not self.use_sdpa or (self.training and self.attn_drop.p > 0):
+        if self._explicit():
             q, k, v = (_packed(t).view(-1, N, d) for t in (q, k, v))  # (nG*B*h, N, d) for bmm
             attn = torch.bmm(q.mul_(self.scale), k.transpose(1, 2)).view(-1, batch, h, N, N) + bias
-            if n_plain == 0 or n_plain < pad.shape[0]: attn.add_(pad.to(attn.dtype)[:, None, None, None, :] * -1e6)  # padded keys
+            if n_plain == 0 or n_plain < pad.shape[0]: attn.add_(_key_mask(pad, attn.dtype)[:, None, None, None, :])
             attn = self.attn_drop(attn.softmax(dim=-1))
             return _packed(torch.bmm(attn.view(-1, N, N), v).view(nGB, h, N, d).transpose(1, 2)).view(-1, h * d)
         P, parts = n_plain * batch, []
         if P: parts.append(self._sdpa(q[:P], k[:P], v[:P], bias.unsqueeze(0)))         # one broadcast mask
         if P == 0 or P < nGB:                                          # (short-circuits: no symbolic comparison while tracing)
-            mask = bias + pad[n_plain:].to(bias.dtype)[:, None, None, :] * -1e6       # (nPad, h, N, N)
+            mask = bias + _key_mask(pad[n_plain:], bias.dtype)[:, None, None, :]      # (nPad, h, N, N)
             parts.append(self._sdpa(q[P:], k[P:], v[P:], mask.repeat_interleave(batch, 0)))
         o = torch.cat([o.transpose(1, 2) for o in parts]) if len(parts) > 1 else parts[0].transpose(1, 2)
         return o.reshape(-1, h * d)

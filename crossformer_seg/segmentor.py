@@ -208,7 +208,9 @@ class _ResizedCrossEntropy(torch.autograd.Function):
                 prob = torch.softmax(z, -1)                                                # one fused pass
                 p_t = prob.gather(-1, idx).squeeze(-1)
                 nll, tiny = p_t.log().neg_(), p_t < 1e-30                                  # tiny: the log would lose it
-                if tiny.any(): nll[tiny] = torch.logsumexp(z[tiny], -1) - z[tiny].gather(-1, idx[tiny]).squeeze(-1)
+                if tiny.any():
+                    zt = z[tiny]                                                           # (pixels, C)
+                    nll[tiny] = torch.logsumexp(zt, -1) - zt.gather(-1, idx[tiny]).squeeze(-1)
                 sums += (nll * valid).flatten(1).sum(1)
                 if grad is not None:                                                       # softmax - one-hot, 0 if ignored
                     dz = prob.scatter_add_(-1, idx, torch.full_like(prob[..., :1], -1))
