@@ -11,13 +11,24 @@ in a fresh subprocess, so the peak is its own). Each process sets glibc's policy
 absolute times.
 
 Usage: `python benchmarks/bench_model.py [--config fpn_crossformer_s] [--threads 2] [--paths sdpa explicit]
-[--compile] [--json bench.json]`; on the CPU `--compile` adds eval rows of `torch.compile(model)`; `--device cuda` times bf16 autocast + SDPA (+ `torch.compile` with `--compile`) against fp32 eager
+[--compile] [--profile] [--json bench.json]`; `--profile` adds three profiled steps per configuration, their self CPU
+time by operator kind (`OP_PARTS`, the median of each); on the CPU `--compile` adds eval rows of `torch.compile(model)`; `--device cuda` times bf16 autocast + SDPA (+ `torch.compile` with `--compile`) against fp32 eager
 and reports train images/s and model FLOP utilisation against `--peak-tflops`.
 """
 import argparse, json, os, resource, statistics, subprocess, sys, time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# `--profile`: what each operator of a profiled step counts as (self CPU time); any other operator is 'other'
+OP_PARTS = {
+    'convolutions': ('aten::mkldnn_convolution', 'aten::convolution_backward', 'aten::_convolution', 'aten::_slow_conv2d_forward',
+                     'aten::_slow_conv2d_backward'),
+    'linear layers': ('mkldnn::_linear_pointwise', 'aten::mm', 'aten::addmm'),
+    'attention products': ('aten::bmm', 'aten::baddbmm', 'aten::_scaled_dot_product_flash_attention_for_cpu',
+                           'aten::_scaled_dot_product_flash_attention_for_cpu_backward'),
+    'optimizer': ('aten::_fused_adamw_', 'Optimizer.step#AdamW.step', 'aten::_foreach_mul_', 'aten::_foreach_add_', 'aten::_foreach_addcdiv_'),
+}
 
 
 def _sync(device):
@@ -39,6 +50,26 @@ def gemm_rate(device, n=2048, reps=7, dtype=torch.float32):
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     t, _ = median_time(lambda: a @ b, reps, warmup=2, device=device)
     return n ** 3 / t
+
+
+def profile_parts(step, n=3, top=8):
+    "Self CPU seconds by `OP_PARTS` of `n` profiled calls of `step` (the median of each part), their median wall time, and the `top` operators counted as 'other'."
+    from torch.profiler import profile, ProfilerActivity
+    part = {op: name for name, ops in OP_PARTS.items() for op in ops}
+    runs = []
+    for _ in range(n):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter(); step(); wall = time.perf_counter() - t0
+        parts, other = dict.fromkeys([*OP_PARTS, 'other'], 0.), {}
+        for e in prof.key_averages():
+            s = e.self_cpu_time_total / 1e6
+            parts[part.get(e.key, 'other')] += s
+            if e.key not in part: other[e.key] = s
+        runs.append((wall, parts, other))
+    med = lambda xs: statistics.median(xs)
+    other = {k: med([r[2].get(k, 0.) for r in runs]) for k in runs[0][2]}
+    return dict(n=n, wall_s=med([r[0] for r in runs]), parts_s={k: med([r[1][k] for r in runs]) for k in runs[0][1]},
+                top_other_s=dict(sorted(other.items(), key=lambda kv: -kv[1])[:top]))
 
 
 def count_macs(model, x):
@@ -96,6 +127,7 @@ def child(a):
     del A, Bm
     out = dict(time_s=statistics.median(ts), times_s=ts, gemm_rates=rates,
                peak_rss_gib=peak, peak_rss_gib_with_probes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
+    if a.profile and dev.type == 'cpu': out['profile'] = profile_parts(step)   # after the timed steps and the peak
     if dev.type == 'cuda': out['peak_cuda_gib'] = torch.cuda.max_memory_allocated() / 2 ** 30
     print('RESULT ' + json.dumps(out))
 
@@ -134,6 +166,7 @@ def main(argv=None):
     p.add_argument('--device', default='cpu')
     p.add_argument('--compile', action='store_true', help='also time torch.compile of the segmentor (cpu: eval rows)')
     p.add_argument('--peak-tflops', type=float, default=989., help='cuda: dense bf16 peak for FLOP utilisation (H100 SXM: 989)')
+    p.add_argument('--profile', action='store_true', help='cpu: also profile three more steps of each configuration by operator kind (`OP_PARTS`)')
     p.add_argument('--json', default=None, help='write the results here')
     # child-process arguments
     p.add_argument('--_child', action='store_true', help=argparse.SUPPRESS)
@@ -162,7 +195,7 @@ def main(argv=None):
         batch = a.eval_batch if mode == 'eval' else a.train_batch
         reps = a.eval_reps if mode == 'eval' else a.train_reps
         res = [run_child(a, mode=mode, path=pth, ckpt=ck, batch=batch, reps=reps, size=a.size, compile=comp,
-                         warmup=2) for _ in range(a.repeats)]
+                         warmup=2, profile=a.profile and k == 0) for k in range(a.repeats)]
         t = statistics.median(r['time_s'] for r in res)
         n_macs = macs * batch * (1 if mode == 'eval' else 3)
         ratios = [n_macs / x / g for r in res for x, g in zip(r['times_s'], r['gemm_rates'])]
@@ -170,7 +203,8 @@ def main(argv=None):
                          times_s=[x for r in res for x in r['times_s']],
                          gemm_probe_rates=[x for r in res for x in r['gemm_rates']],
                          ratio_to_probe=statistics.median(ratios),
-                         peak_rss_gib=statistics.median(r['peak_rss_gib'] for r in res), macs=n_macs))
+                         peak_rss_gib=statistics.median(r['peak_rss_gib'] for r in res), macs=n_macs,
+                         **({'profile': res[0]['profile']} if 'profile' in res[0] else {})))
         print(f'  {mode:5s} {pth:8s} ckpt={ck!s:5s} compile={comp!s:5s} {t * 1e3:8.0f} ms  x probe GEMM {rows[-1]["ratio_to_probe"]:.2f}  '
               f'peak RSS {rows[-1]["peak_rss_gib"]:.2f} GiB  load {loadavg()[0]:.1f}', flush=True)
     gemm1 = gemm_rate(dev)
@@ -190,6 +224,12 @@ def main(argv=None):
     for r in rows:
         print(f'{r["mode"]:6s}{r["path"]:9s}{"yes" if r["grad_ckpt"] else "no":6s}{"yes" if r["compiled"] else "no":6s}{r["batch"]:6d}{r["time_s"] * 1e3:11.0f}'
               f'{r["macs_per_s"] / 1e9:9.1f}{r["ratio_to_gemm"]:8.2f}{r["ratio_to_probe"]:9.2f}{r["peak_rss_gib"]:14.2f}')
+    for r in rows:
+        if 'profile' in r:
+            pr = r['profile']
+            print(f'profiled {r["mode"]} {r["path"]} ckpt={r["grad_ckpt"]}: {pr["wall_s"]:.2f} s; ' +
+                  ', '.join(f'{k} {v:.2f}' for k, v in pr['parts_s'].items()) + ' s; other: ' +
+                  ', '.join(f'{k} {v * 1e3:.0f} ms' for k, v in pr['top_other_s'].items()))
     if a.json:
         with open(a.json, 'w') as f: json.dump(result, f, indent=1)
     return result

@@ -238,7 +238,7 @@ def _eager_group_index(H, W, sda, size, batch, device):
     return gather, scatter, pad, group, int((~pad.any(1)).sum())      # ... and the number of groups without padding
 
 # %% ../nbs/01_backbone.ipynb #c027b
-_CHUNK_BYTES = 2 ** 21   # probabilities per step of the attention backward: they stay in cache (2 MiB measured best)
+_CHUNK_BYTES = 2 ** 21   # probabilities per step of the attention forward/backward: they stay in cache (2 MiB measured best)
 
 def _key_mask(pad, dtype):
     "The additive mask of padded keys: `-1e6` where `pad` is set (the softmax then gives them no weight), else 0."
@@ -252,44 +252,64 @@ def _heads_major(t, c, h, N, d):
     "A fresh contiguous `(c*h, N, d)` copy of a `(c, N, h, d)` view (one chunk of q, k, v or their gradients)."
     return t.transpose(1, 2).clone(memory_format=torch.contiguous_format).view(c * h, N, d)
 
+def _group_chunks(qkv, n_padded_first):
+    "`(i, j)` ranges of groups whose probabilities fill about `_CHUNK_BYTES`; a range never mixes plain and padded groups."
+    nGB, N, _, h, _ = qkv.shape
+    P, step = n_padded_first, max(1, _CHUNK_BYTES // (h * N * N * qkv.element_size()))
+    return [(i, min(i + step, P if i < P else nGB)) for i in [*range(0, P, step), *range(P, nGB, step)]]
+
+def _chunk_logits(q, k, bias, neg, c, h, N):
+    "Logits `q k^T + bias (+ key mask)` of one chunk as `(c, h, N, N)` (q carries the scale)."
+    s = torch.bmm(q, k.transpose(1, 2)).view(c, h, N, N).add_(bias)
+    return s if neg is None else s.add_(neg[:, None, None, :])
+
 class _GroupAttention(torch.autograd.Function):
     "LSDA attention of one block on the CPU while training, from the `qkv` projection straight to the `(nG*B*N, C)` output, with the DPB bias's gradient."
     @staticmethod
-    def forward(ctx, qkv, bias, pad, n_plain, batch, scale):
+    def forward(ctx, qkv, bias, pad, n_plain, batch, scale, keep_probs):
         nGB, N, _, h, d = qkv.shape                                    # qkv: (nG*B, N, 3, h, d), group-major
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                 # (nG*B, h, N, d) views
-        P, outs = n_plain * batch, []
+        P = n_plain * batch
         neg = _key_mask(pad[n_plain:], bias.dtype).repeat_interleave(batch, 0)      # (nPad*B, N)
-        if P: outs.append(_flash(q[:P], k[:P], v[:P], bias.unsqueeze(0), scale))  # one broadcast mask
-        if P < nGB: outs.append(_flash(q[P:], k[P:], v[P:], bias + neg[:, None, None, :], scale))
-        out = torch.cat([o.transpose(1, 2) for o, _ in outs]).view(nGB * N, h * d)
-        lse = torch.cat([l for _, l in outs])                          # (nG*B, h, N)
-        ctx.save_for_backward(qkv, bias, neg, lse, out)                # no N x N tensor is kept for backward
-        ctx.P, ctx.scale = P, scale
+        if keep_probs:                                                 # softmax a chunk at a time, the probabilities kept
+            probs, out = qkv.new_empty(nGB, h, N, N), qkv.new_empty(nGB, N, h, d)
+            for i, j in _group_chunks(qkv, P):
+                c = j - i
+                q, k, v = (_heads_major(qkv[i:j, :, t], c, h, N, d) for t in range(3))
+                s = _chunk_logits(q.mul_(scale), k, bias, neg[i - P:j - P] if i >= P else None, c, h, N)
+                p = torch.ops.aten._softmax.out(s, -1, False, out=probs[i:j])
+                out[i:j].copy_(torch.bmm(p.view(-1, N, N), v).view(c, h, N, d).transpose(1, 2))
+            out, kept = out.view(nGB * N, h * d), probs
+        else:                                                          # the fused kernel; only the log-sum-exp kept
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)             # (nG*B, h, N, d) views
+            outs = []
+            if P: outs.append(_flash(q[:P], k[:P], v[:P], bias.unsqueeze(0), scale))  # one broadcast mask
+            if P < nGB: outs.append(_flash(q[P:], k[P:], v[P:], bias + neg[:, None, None, :], scale))
+            out = torch.cat([o.transpose(1, 2) for o, _ in outs]).view(nGB * N, h * d)
+            kept = torch.cat([l for _, l in outs])                     # (nG*B, h, N)
+        ctx.save_for_backward(qkv, bias, neg, kept, out)
+        ctx.P, ctx.scale, ctx.keep_probs = P, scale, keep_probs
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        qkv, bias, neg, lse, out = ctx.saved_tensors
+        qkv, bias, neg, kept, out = ctx.saved_tensors
         nGB, N, _, h, d = qkv.shape
         P, scale, dout, out = ctx.P, ctx.scale, dout.view(nGB, N, h, d), out.view(nGB, N, h, d)
         dqkv, dbias = torch.empty_like(qkv), torch.zeros_like(bias)
-        step = max(1, _CHUNK_BYTES // (h * N * N * qkv.element_size()))   # groups at a time: their probabilities fit in cache
-        for i in [*range(0, P, step), *range(P, nGB, step)]:
-            j = min(i + step, P if i < P else nGB)
+        for i, j in _group_chunks(qkv, P):
             c = j - i
             q, k, v, do = (_heads_major(t, c, h, N, d) for t in (qkv[i:j, :, 0], qkv[i:j, :, 1], qkv[i:j, :, 2], dout[i:j]))
             q.mul_(scale)
-            s = torch.bmm(q, k.transpose(1, 2)).view(c, h, N, N).add_(bias)
-            if i >= P: s.add_(neg[i - P:j - P, None, None, :])
-            p = s.view(-1, N, N).sub_(lse[i:j].reshape(-1, N, 1)).exp_()          # probabilities, recomputed
+            if ctx.keep_probs: p = kept[i:j].view(-1, N, N)
+            else:                                                      # probabilities recomputed from the log-sum-exp
+                s = _chunk_logits(q, k, bias, neg[i - P:j - P] if i >= P else None, c, h, N)
+                p = s.view(-1, N, N).sub_(kept[i:j].reshape(-1, N, 1)).exp_()
             delta = (do.view(c, h, N, d) * out[i:j].transpose(1, 2)).sum(-1).view(-1, N, 1)
             ds = torch.bmm(do, v.transpose(1, 2)).sub_(delta).mul_(p)             # gradient of the logits
             for t, g in ((0, torch.bmm(ds, k).mul_(scale)), (1, torch.bmm(ds.transpose(1, 2), q)), (2, torch.bmm(p.transpose(1, 2), do))):
                 dqkv[i:j, :, t].copy_(g.view(c, h, N, d).transpose(1, 2))          # q carried the scale for dk
             dbias.add_(ds.view(c, h, N, N).sum(0))                                 # the bias is shared by every group
-        return dqkv, dbias, None, None, None, None
-
+        return dqkv, dbias, None, None, None, None, None
 
 # %% ../nbs/01_backbone.ipynb #c028
 class LSDAttention(nn.Module):
@@ -305,6 +325,7 @@ class LSDAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.use_sdpa = use_sdpa
+        self.keep_probs = True   # `_GroupAttention` keeps the probabilities for backward (`CrossFormer.set_grad_checkpointing` clears it)
         self._bias_cache = {}    # DPB tables by size while no gradient is recorded; keyed by the weights' versions
 
     def position_bias(self, Gh, Gw, device):
@@ -359,7 +380,7 @@ class LSDAttention(nn.Module):
         N, h = Gh * Gw, self.num_heads
         xg = x.reshape(B * L, C).index_select(0, gather)              # (nG*B*N, C): padded and grouped in one copy
         qkv, bias = _linear(self.qkv, xg).view(-1, N, 3, h, C // h), self.position_bias(Gh, Gw, x.device)
-        if self._fused_backward(qkv, bias): o = _GroupAttention.apply(qkv, bias, pad, n_plain, B, self.scale)
+        if self._fused_backward(qkv, bias): o = _GroupAttention.apply(qkv, bias, pad, n_plain, B, self.scale, self.keep_probs)
         else: o = self.attend(*qkv.permute(2, 0, 3, 1, 4).unbind(0), bias, pad, n_plain, B)   # q, k, v: (nG*B, h, N, d)
         return self.proj_drop(_linear(self.proj, o)).index_select(0, scatter).view(B, L, C)   # ungrouped and cropped in one copy
 
@@ -507,8 +528,10 @@ class CrossFormer(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable=True):
-        "Recompute each block in the backward pass to save activation memory."
+        "Recompute each block in the backward pass to save activation memory (and keep no attention probabilities, see `LSDAttention`)."
         for layer in self.layers: layer.grad_checkpointing = enable
+        for m in self.modules():
+            if isinstance(m, LSDAttention): m.keep_probs = not enable   # memory first: recompute them from the log-sum-exp
 
     def set_attention_path(self, use_sdpa=True):
         "Switch every block between `scaled_dot_product_attention` (True) and the explicit softmax path (False)."
