@@ -66,7 +66,7 @@ def profile_parts(step, n=3, top=8):
             parts[part.get(e.key, 'other')] += s
             if e.key not in part: other[e.key] = s
         runs.append((wall, parts, other))
-    med = lambda xs: statistics.median(xs)
+    med = statistics.median
     other = {k: med([r[2].get(k, 0.) for r in runs]) for k in runs[0][2]}
     return dict(n=n, wall_s=med([r[0] for r in runs]), parts_s={k: med([r[1][k] for r in runs]) for k in runs[0][1]},
                 top_other_s=dict(sorted(other.items(), key=lambda kv: -kv[1])[:top]))

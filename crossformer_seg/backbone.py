@@ -252,11 +252,12 @@ def _heads_major(t, c, h, N, d):
     "A fresh contiguous `(c*h, N, d)` copy of a `(c, N, h, d)` view (one chunk of q, k, v or their gradients)."
     return t.transpose(1, 2).clone(memory_format=torch.contiguous_format).view(c * h, N, d)
 
-def _group_chunks(qkv, n_padded_first):
-    "`(i, j)` ranges of groups whose probabilities fill about `_CHUNK_BYTES`; a range never mixes plain and padded groups."
+def _group_chunks(qkv, P, neg):
+    "`(i, j, mask)`: ranges of groups whose probabilities fill about `_CHUNK_BYTES`, never mixing the `P` plain groups with the padded ones, and the padded ones' key mask rows (None for plain)."
     nGB, N, _, h, _ = qkv.shape
-    P, step = n_padded_first, max(1, _CHUNK_BYTES // (h * N * N * qkv.element_size()))
-    return [(i, min(i + step, P if i < P else nGB)) for i in [*range(0, P, step), *range(P, nGB, step)]]
+    step = max(1, _CHUNK_BYTES // (h * N * N * qkv.element_size()))
+    return [(i, j, neg[i - P:j - P] if i >= P else None)
+            for i in [*range(0, P, step), *range(P, nGB, step)] for j in [min(i + step, P if i < P else nGB)]]
 
 def _chunk_logits(q, k, bias, neg, c, h, N):
     "Logits `q k^T + bias (+ key mask)` of one chunk as `(c, h, N, N)` (q carries the scale)."
@@ -272,10 +273,10 @@ class _GroupAttention(torch.autograd.Function):
         neg = _key_mask(pad[n_plain:], bias.dtype).repeat_interleave(batch, 0)      # (nPad*B, N)
         if keep_probs:                                                 # softmax a chunk at a time, the probabilities kept
             probs, out = qkv.new_empty(nGB, h, N, N), qkv.new_empty(nGB, N, h, d)
-            for i, j in _group_chunks(qkv, P):
+            for i, j, mask in _group_chunks(qkv, P, neg):
                 c = j - i
                 q, k, v = (_heads_major(qkv[i:j, :, t], c, h, N, d) for t in range(3))
-                s = _chunk_logits(q.mul_(scale), k, bias, neg[i - P:j - P] if i >= P else None, c, h, N)
+                s = _chunk_logits(q.mul_(scale), k, bias, mask, c, h, N)
                 p = torch.ops.aten._softmax.out(s, -1, False, out=probs[i:j])
                 out[i:j].copy_(torch.bmm(p.view(-1, N, N), v).view(c, h, N, d).transpose(1, 2))
             out, kept = out.view(nGB * N, h * d), probs
@@ -296,13 +297,13 @@ class _GroupAttention(torch.autograd.Function):
         nGB, N, _, h, d = qkv.shape
         P, scale, dout, out = ctx.P, ctx.scale, dout.view(nGB, N, h, d), out.view(nGB, N, h, d)
         dqkv, dbias = torch.empty_like(qkv), torch.zeros_like(bias)
-        for i, j in _group_chunks(qkv, P):
+        for i, j, mask in _group_chunks(qkv, P, neg):
             c = j - i
             q, k, v, do = (_heads_major(t, c, h, N, d) for t in (qkv[i:j, :, 0], qkv[i:j, :, 1], qkv[i:j, :, 2], dout[i:j]))
             q.mul_(scale)
             if ctx.keep_probs: p = kept[i:j].view(-1, N, N)
             else:                                                      # probabilities recomputed from the log-sum-exp
-                s = _chunk_logits(q, k, bias, neg[i - P:j - P] if i >= P else None, c, h, N)
+                s = _chunk_logits(q, k, bias, mask, c, h, N)
                 p = s.view(-1, N, N).sub_(kept[i:j].reshape(-1, N, 1)).exp_()
             delta = (do.view(c, h, N, d) * out[i:j].transpose(1, 2)).sum(-1).view(-1, N, 1)
             ds = torch.bmm(do, v.transpose(1, 2)).sub_(delta).mul_(p)             # gradient of the logits
