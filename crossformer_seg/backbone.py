@@ -326,7 +326,7 @@ class LSDAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.use_sdpa = use_sdpa
-        self.keep_probs = True   # `_GroupAttention` keeps the probabilities for backward (`CrossFormer.set_grad_checkpointing` clears it)
+        self.keep_probs = True   # `_GroupAttention` keeps the probabilities for backward (a stage's `grad_checkpointing` clears it)
         self._bias_cache = {}    # DPB tables by size while no gradient is recorded; keyed by the weights' versions
 
     def position_bias(self, Gh, Gw, device):
@@ -467,6 +467,17 @@ class CrossFormerStage(nn.Module):
         self.downsample = CrossScaleMerging(dim, merge_size, norm_layer) if downsample else None
         self.grad_checkpointing = False
 
+    @property
+    def grad_checkpointing(self):
+        "Recompute the blocks in backward? Setting it sets the blocks' `LSDAttention.keep_probs` to its opposite (memory first)."
+        return self._grad_checkpointing
+
+    @grad_checkpointing.setter
+    def grad_checkpointing(self, enable):
+        self._grad_checkpointing = enable
+        for m in self.blocks.modules():
+            if isinstance(m, LSDAttention): m.keep_probs = not enable
+
     def forward(self, x, H, W):
         for blk in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
@@ -531,8 +542,6 @@ class CrossFormer(nn.Module):
     def set_grad_checkpointing(self, enable=True):
         "Recompute each block in the backward pass to save activation memory (and keep no attention probabilities, see `LSDAttention`)."
         for layer in self.layers: layer.grad_checkpointing = enable
-        for m in self.modules():
-            if isinstance(m, LSDAttention): m.keep_probs = not enable   # memory first: recompute them from the log-sum-exp
 
     def set_attention_path(self, use_sdpa=True):
         "Switch every block between `scaled_dot_product_attention` (True) and the explicit softmax path (False)."
