@@ -3,8 +3,8 @@
 For a named config (default `fpn_crossformer_s`): the eval forward at 1x3x512x512 and the training step at 2x3x512x512
 (forward, `SegLoss`, backward, AdamW step), for each attention path, with and without gradient checkpointing. Reports
 median times, the model's multiply-adds by the original's convention (conv/linear layers, the DPB MLP and the two
-attention matmuls; LayerNorm, GELU, softmax, adds and interpolation not counted), the rate of a 2048^3 fp32 matmul
-measured before and after, their ratios, and the peak resident memory of the training step (each configuration runs
+attention matmuls; LayerNorm, GELU, softmax, adds and interpolation not counted) in all and by kind (`MAC_PARTS`),
+the rate of a 2048^3 fp32 matmul measured before and after, their ratios, and the peak resident memory of the training step (each configuration runs
 in a fresh subprocess, so the peak is its own). Each process sets glibc's policy for large blocks as the
 `crossformer-seg` commands do (`core.malloc_policy`): 'reuse', and 'release' for the gradient-checkpointing rows as
 `train --grad-checkpointing` does. CPU numbers from a shared machine: look at the load line, and compare ratios, not
@@ -29,6 +29,8 @@ OP_PARTS = {
                            'aten::_scaled_dot_product_flash_attention_for_cpu_backward'),
     'optimizer': ('aten::_fused_adamw_', 'Optimizer.step#AdamW.step', 'aten::_foreach_mul_', 'aten::_foreach_add_', 'aten::_foreach_addcdiv_'),
 }
+# the complexity module's operator counts behind each counted `OP_PARTS` kind (the rest: the DPB's ReLU, the final resize)
+MAC_PARTS = {'convolutions': ('conv', 'conv_bias'), 'linear layers': ('linear',), 'attention products': ('bmm', 'matmul')}
 
 
 def _sync(device):
@@ -73,9 +75,10 @@ def profile_parts(step, n=3, top=8):
 
 
 def count_macs(model, x):
-    "Multiply-adds of one eval forward of `model` at `x`'s size by the original's convention (the complexity module's count)."
+    "Multiply-adds of one eval forward of `model` at `x`'s size by the original's convention (the complexity module's count), and those of each `MAC_PARTS` kind."
     from crossformer_seg.complexity import count_params_flops
-    return count_params_flops(model, tuple(x.shape[1:]), convention='original')['flops'] * x.shape[0]
+    c = count_params_flops(model, tuple(x.shape[1:]), convention='original')
+    return c['flops'] * x.shape[0], {k: sum(c['flops_by_op'].get(o, 0) for o in ops) * x.shape[0] for k, ops in MAC_PARTS.items()}
 
 
 def build(config, path, ckpt, device, train):
@@ -186,7 +189,7 @@ def main(argv=None):
     load0 = loadavg()
     gemm0 = gemm_rate(dev)
     from crossformer_seg.segmentor import build_segmentor
-    macs = count_macs(build_segmentor(a.config).eval(), torch.randn(a.eval_batch, 3, *a.size))
+    macs, macs_by_part = count_macs(build_segmentor(a.config).eval(), torch.randn(a.eval_batch, 3, *a.size))
     rows = []
     configs = [('eval', pth, False, False) for pth in a.paths] + [('train', pth, False, False) for pth in a.paths]
     if not a.no_ckpt: configs += [('train', pth, True, False) for pth in a.paths]
@@ -212,7 +215,8 @@ def main(argv=None):
     gemm = (gemm0 + gemm1) / 2
     for r in rows: r['macs_per_s'] = r['macs'] / r['time_s']; r['ratio_to_gemm'] = r['macs_per_s'] / gemm
     result = dict(config=a.config, size=list(a.size), threads=a.threads, device=str(dev), torch=torch.__version__,
-                  model_macs_eval_batch1=macs // a.eval_batch, gemm_macs_per_s_before=gemm0, gemm_macs_per_s_after=gemm1,
+                  model_macs_eval_batch1=macs // a.eval_batch,
+                  model_macs_by_part_eval_batch1={k: v // a.eval_batch for k, v in macs_by_part.items()}, gemm_macs_per_s_before=gemm0, gemm_macs_per_s_after=gemm1,
                   loadavg_before=load0, loadavg_after=load1, rows=rows)
     print(f'\n{a.config} {a.size[0]}x{a.size[1]}, {a.threads} threads, torch {torch.__version__}; '
           f'model {macs / a.eval_batch / 1e9:.2f} GMACs per image (original convention; train counts 3x)')
@@ -239,7 +243,7 @@ def main_cuda(a, dev):
     "GPU: fp32 eager vs bf16 autocast (+ torch.compile) train throughput at `--train-batch`, and eval time."
     gemm = gemm_rate(dev, n=8192, dtype=torch.bfloat16)
     from crossformer_seg.segmentor import build_segmentor
-    macs = count_macs(build_segmentor(a.config).eval(), torch.randn(1, 3, *a.size))
+    macs, _ = count_macs(build_segmentor(a.config).eval(), torch.randn(1, 3, *a.size))
     rows = []
     variants = [('fp32 eager', False, False), ('bf16 eager', True, False)] + ([('bf16 compile', True, True)] if a.compile else [])
     for name, bf16, comp in variants:
