@@ -4,8 +4,8 @@ For a named config (default `fpn_crossformer_s`): the eval forward at 1x3x512x51
 (forward, `SegLoss`, backward, AdamW step), for each attention path, with and without gradient checkpointing. Reports
 median times, the model's multiply-adds by the original's convention (conv/linear layers, the DPB MLP and the two
 attention matmuls; LayerNorm, GELU, softmax, adds and interpolation not counted) in all and by kind (`MAC_PARTS`),
-the rate of a 2048^3 fp32 matmul measured before and after, their ratios, and the peak resident memory of the training step (each configuration runs
-in a fresh subprocess, so the peak is its own). Each process sets glibc's policy for large blocks as the
+the rate of a 2048^3 fp32 matmul measured before and after, their ratios, and the peak resident memory of the
+training step (each configuration runs in a fresh subprocess, so the peak is its own). Each process sets glibc's policy for large blocks as the
 `crossformer-seg` commands do (`core.malloc_policy`): 'reuse', and 'release' for the gradient-checkpointing rows as
 `train --grad-checkpointing` does. CPU numbers from a shared machine: look at the load line, and compare ratios, not
 absolute times.
