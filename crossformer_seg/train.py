@@ -80,8 +80,8 @@ def train_arguments(p):
     a('--drop-path', type=float, metavar='P', help="stochastic depth rate of the backbone (default: the config's)")
     a('--grad-checkpointing', action='store_true', default=None,
       help='recompute the backbone blocks in the backward pass: less memory (FPN-S at batch 2, 512x512 on the CPU: '
-           'the step peaked at 1.70 against 2.80 GiB in benchmarks/bench_model.py; this command\'s own imports add about '
-           '0.12 GiB to both), 1.5 to 2x the time')
+           'the step peaked at 1.71 against 2.84 GiB in benchmarks/bench_model.py; this command\'s own imports add about '
+           '0.12 GiB to both), 1.4 to 2x the time')
     a('--log-interval', type=int, metavar='N', help=f'write a log.csv row every N iterations (default {TRAIN_DEFAULTS["log_interval"]})')
     a('--check-ranks', action='store_true', default=None,
       help='after every step, check that all processes hold bit-identical weights (for debugging; costs a gather per step)')
