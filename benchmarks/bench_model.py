@@ -11,8 +11,9 @@ training step (each configuration runs in a fresh subprocess, so the peak is its
 absolute times.
 
 Usage: `python benchmarks/bench_model.py [--config fpn_crossformer_s] [--threads 2] [--paths sdpa explicit]
-[--compile] [--profile] [--json bench.json]`; `--profile` adds three profiled steps per configuration, their self CPU
-time by operator kind (`OP_PARTS`, the median of each); on the CPU `--compile` adds eval rows of `torch.compile(model)`; `--device cuda` times bf16 autocast + SDPA (+ `torch.compile` with `--compile`) against fp32 eager
+[--compile] [--bf16] [--profile] [--json bench.json]`; `--profile` adds three profiled steps per configuration, their self CPU
+time by operator kind (`OP_PARTS`, the median of each); on the CPU `--compile` adds eval rows of `torch.compile(model)`
+and `--bf16` eval and training rows under bf16 autocast (their shares still divide by the fp32 GEMM rate); `--device cuda` times bf16 autocast + SDPA (+ `torch.compile` with `--compile`) against fp32 eager
 and reports train images/s and model FLOP utilisation against `--peak-tflops`.
 
 The JSON records the CPU (`cpu_info`): the GEMM rate, and with it every ratio, follows the vector instructions (an
@@ -190,7 +191,8 @@ def main(argv=None):
     p.add_argument('--mode', default='eval', help=argparse.SUPPRESS)
     p.add_argument('--path', default='sdpa', help=argparse.SUPPRESS)
     p.add_argument('--ckpt', action='store_true', help=argparse.SUPPRESS)
-    p.add_argument('--bf16', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument('--bf16', action='store_true', help='cpu: also time bf16 autocast rows of the first path (fast where the CPU has AMX; '
+                   'not the reference arithmetic, and not counted in the fp32 shares of the GEMM rate)')
     p.add_argument('--batch', type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument('--reps', type=int, default=5, help=argparse.SUPPRESS)
     p.add_argument('--warmup', type=int, default=2, help=argparse.SUPPRESS)
@@ -205,24 +207,25 @@ def main(argv=None):
     from crossformer_seg.segmentor import build_segmentor
     macs, macs_by_part = count_macs(build_segmentor(a.config).eval(), torch.randn(a.eval_batch, 3, *a.size))
     rows = []
-    configs = [('eval', pth, False, False) for pth in a.paths] + [('train', pth, False, False) for pth in a.paths]
-    if not a.no_ckpt: configs += [('train', pth, True, False) for pth in a.paths]
-    if a.compile: configs += [('eval', pth, False, True) for pth in a.paths]   # inductor's C++ kernels; minutes to compile
-    for mode, pth, ck, comp in configs:
+    configs = [('eval', pth, False, False, False) for pth in a.paths] + [('train', pth, False, False, False) for pth in a.paths]
+    if not a.no_ckpt: configs += [('train', pth, True, False, False) for pth in a.paths]
+    if a.compile: configs += [('eval', pth, False, True, False) for pth in a.paths]   # inductor's C++ kernels; minutes to compile
+    if a.bf16: configs += [(mode, a.paths[0], False, False, True) for mode in ('eval', 'train')]
+    for mode, pth, ck, comp, bf in configs:
         batch = a.eval_batch if mode == 'eval' else a.train_batch
         reps = a.eval_reps if mode == 'eval' else a.train_reps
-        res = [run_child(a, mode=mode, path=pth, ckpt=ck, batch=batch, reps=reps, size=a.size, compile=comp,
+        res = [run_child(a, mode=mode, path=pth, ckpt=ck, batch=batch, reps=reps, size=a.size, compile=comp, bf16=bf,
                          warmup=2, profile=a.profile and k == 0) for k in range(a.repeats)]
         t = statistics.median(r['time_s'] for r in res)
         n_macs = macs * batch * (1 if mode == 'eval' else 3)
         ratios = [n_macs / x / g for r in res for x, g in zip(r['times_s'], r['gemm_rates'])]
-        rows.append(dict(mode=mode, path=pth, grad_ckpt=ck, compiled=comp, batch=batch, time_s=t,
+        rows.append(dict(mode=mode, path=pth, grad_ckpt=ck, compiled=comp, bf16=bf, batch=batch, time_s=t,
                          times_s=[x for r in res for x in r['times_s']],
                          gemm_probe_rates=[x for r in res for x in r['gemm_rates']],
                          ratio_to_probe=statistics.median(ratios),
                          peak_rss_gib=statistics.median(r['peak_rss_gib'] for r in res), macs=n_macs,
                          **({'profile': res[0]['profile']} if 'profile' in res[0] else {})))
-        print(f'  {mode:5s} {pth:8s} ckpt={ck!s:5s} compile={comp!s:5s} {t * 1e3:8.0f} ms  x probe GEMM {rows[-1]["ratio_to_probe"]:.2f}  '
+        print(f'  {mode:5s} {pth:8s} ckpt={ck!s:5s} compile={comp!s:5s} bf16={bf!s:5s} {t * 1e3:8.0f} ms  x probe GEMM {rows[-1]["ratio_to_probe"]:.2f}  '
               f'peak RSS {rows[-1]["peak_rss_gib"]:.2f} GiB  load {loadavg()[0]:.1f}', flush=True)
     gemm1 = gemm_rate(dev)
     load1 = loadavg()
@@ -240,9 +243,9 @@ def main(argv=None):
           f'load average {load0[0]:.2f} before, {load1[0]:.2f} after')
     print('x GEMM: model MACs/s over the mean of the two whole-run GEMM rates; x probe: median over the timed steps of '
           'MACs/s over a GEMM probe taken right before and after that step')
-    print(f'{"mode":6s}{"path":9s}{"ckpt":6s}{"comp":6s}{"batch":>6s}{"median ms":>11s}{"GMAC/s":>9s}{"x GEMM":>8s}{"x probe":>9s}{"peak RSS GiB":>14s}')
+    print(f'{"mode":6s}{"path":9s}{"ckpt":6s}{"comp":6s}{"bf16":6s}{"batch":>6s}{"median ms":>11s}{"GMAC/s":>9s}{"x GEMM":>8s}{"x probe":>9s}{"peak RSS GiB":>14s}')
     for r in rows:
-        print(f'{r["mode"]:6s}{r["path"]:9s}{"yes" if r["grad_ckpt"] else "no":6s}{"yes" if r["compiled"] else "no":6s}{r["batch"]:6d}{r["time_s"] * 1e3:11.0f}'
+        print(f'{r["mode"]:6s}{r["path"]:9s}{"yes" if r["grad_ckpt"] else "no":6s}{"yes" if r["compiled"] else "no":6s}{"yes" if r["bf16"] else "no":6s}{r["batch"]:6d}{r["time_s"] * 1e3:11.0f}'
               f'{r["macs_per_s"] / 1e9:9.1f}{r["ratio_to_gemm"]:8.2f}{r["ratio_to_probe"]:9.2f}{r["peak_rss_gib"]:14.2f}')
     for r in rows:
         if 'profile' in r:
