@@ -21,6 +21,7 @@ AVX-512 core multiplies about 1.6x as fast as with AVX2 here, the model gains le
 AVX-512 one, cap all three libraries: `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`.
 """
 import argparse, json, os, resource, statistics, subprocess, sys, time
+from collections import namedtuple
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -154,6 +155,11 @@ def run_child(a, **kw):
     return json.loads(lines[-1][7:])
 
 
+# one measured configuration: a row of the table, a fresh child process
+Config = namedtuple('Config', 'mode path ckpt compiled bf16', defaults=(False, False, False))
+
+def yn(flag): return 'yes' if flag else 'no'
+
 # environment variables that cap the vector instructions of ATen, oneDNN and MKL (to measure an AVX2 host on an AVX-512 one)
 ISA_CAPS = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS')
 
@@ -191,6 +197,7 @@ def main(argv=None):
     p.add_argument('--mode', default='eval', help=argparse.SUPPRESS)
     p.add_argument('--path', default='sdpa', help=argparse.SUPPRESS)
     p.add_argument('--ckpt', action='store_true', help=argparse.SUPPRESS)
+    # (in a child process the same flag means: run this configuration under bf16 autocast)
     p.add_argument('--bf16', action='store_true', help='cpu: also time bf16 autocast rows of the first path (fast where the CPU has AMX; '
                    'not the reference arithmetic, and not counted in the fp32 shares of the GEMM rate)')
     p.add_argument('--batch', type=int, default=1, help=argparse.SUPPRESS)
@@ -207,10 +214,10 @@ def main(argv=None):
     from crossformer_seg.segmentor import build_segmentor
     macs, macs_by_part = count_macs(build_segmentor(a.config).eval(), torch.randn(a.eval_batch, 3, *a.size))
     rows = []
-    configs = [('eval', pth, False, False, False) for pth in a.paths] + [('train', pth, False, False, False) for pth in a.paths]
-    if not a.no_ckpt: configs += [('train', pth, True, False, False) for pth in a.paths]
-    if a.compile: configs += [('eval', pth, False, True, False) for pth in a.paths]   # inductor's C++ kernels; minutes to compile
-    if a.bf16: configs += [(mode, a.paths[0], False, False, True) for mode in ('eval', 'train')]
+    configs = [Config(mode, pth) for mode in ('eval', 'train') for pth in a.paths]
+    if not a.no_ckpt: configs += [Config('train', pth, ckpt=True) for pth in a.paths]
+    if a.compile: configs += [Config('eval', pth, compiled=True) for pth in a.paths]   # inductor's C++ kernels; minutes to compile
+    if a.bf16: configs += [Config(mode, a.paths[0], bf16=True) for mode in ('eval', 'train')]
     for mode, pth, ck, comp, bf in configs:
         batch = a.eval_batch if mode == 'eval' else a.train_batch
         reps = a.eval_reps if mode == 'eval' else a.train_reps
@@ -245,7 +252,7 @@ def main(argv=None):
           'MACs/s over a GEMM probe taken right before and after that step')
     print(f'{"mode":6s}{"path":9s}{"ckpt":6s}{"comp":6s}{"bf16":6s}{"batch":>6s}{"median ms":>11s}{"GMAC/s":>9s}{"x GEMM":>8s}{"x probe":>9s}{"peak RSS GiB":>14s}')
     for r in rows:
-        print(f'{r["mode"]:6s}{r["path"]:9s}{"yes" if r["grad_ckpt"] else "no":6s}{"yes" if r["compiled"] else "no":6s}{"yes" if r["bf16"] else "no":6s}{r["batch"]:6d}{r["time_s"] * 1e3:11.0f}'
+        print(f'{r["mode"]:6s}{r["path"]:9s}{yn(r["grad_ckpt"]):6s}{yn(r["compiled"]):6s}{yn(r["bf16"]):6s}{r["batch"]:6d}{r["time_s"] * 1e3:11.0f}'
               f'{r["macs_per_s"] / 1e9:9.1f}{r["ratio_to_gemm"]:8.2f}{r["ratio_to_probe"]:9.2f}{r["peak_rss_gib"]:14.2f}')
     for r in rows:
         if 'profile' in r:
