@@ -247,9 +247,11 @@ class Terminated(KeyboardInterrupt):
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     "Within: the first SIGTERM raises `Terminated`; yields a list that holds the signal once one came. Main thread only."
-    got = []
+    got, pid = [], os.getpid()
     if threading.current_thread() is not threading.main_thread(): yield got; return
     def handler(signum, frame):
+        if os.getpid() != pid:   # a process forked meanwhile (a data worker not yet past its start): ended as by default
+            signal.signal(signum, signal.SIG_DFL); os.kill(os.getpid(), signum); return
         if got: return   # already stopping
         got.append(signum); raise Terminated()
     def unraisable(u):   # once stopping: a `Terminated` Python had to ignore (`StopOnSignal` raises it again), or what it cut short
