@@ -1,5 +1,5 @@
 """Build the docs site offline: `nbdev-proc-nbs` stages the notebooks in `_proc/`, each staged notebook is renamed to
-the page name nbdev gives it (`output-file`, e.g. `01_backbone.ipynb` -> `backbone.html`, the name every
+the page name nbdev gives it (`output-file`, e.g. `02_backbone.ipynb` -> `backbone.html`, the name every
 cross-reference and the module index use), then `smalldocs render` turns them into HTML in `_docs/` using
 `_quarto.yml`. Quarto itself cannot be installed here; nbdev's attempt to install it is harmless and its messages are
 filtered out. The renderer's warnings are printed, and the build fails on a broken link or a missing image.

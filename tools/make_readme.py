@@ -13,7 +13,7 @@ HEADER = '<!-- Generated from nbs/index.ipynb by tools/make_readme.py: edit the 
 def _src(cell): return ''.join(cell['source']) if isinstance(cell['source'], list) else cell['source']
 
 def _notebook(page):
-    "The notebook path of docs page `page` (`backbone` -> `nbs/01_backbone.ipynb`)."
+    "The notebook path of docs page `page` (`backbone` -> `nbs/02_backbone.ipynb`)."
     hits = sorted((ROOT / 'nbs').glob(f'[0-9][0-9]_{page}.ipynb'))
     return f'nbs/{hits[0].name}' if hits else f'{page}.html'
 

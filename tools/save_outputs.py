@@ -1,7 +1,7 @@
 """Run notebooks in a Jupyter kernel and save the outputs a reader learns from into them (the docs site shows the
 notebooks' saved outputs; `tools/build_docs.py` does not execute them).
 
-    python tools/save_outputs.py nbs/06_data.ipynb [nbs/08_inference.ipynb ...] [--slow]
+    python tools/save_outputs.py nbs/07_data.ipynb [nbs/09_inference.ipynb ...] [--slow]
 
 Each notebook runs top to bottom with `nbs/` as the working directory, as `Run All` does; cells flagged `#| slow` are
 skipped (their saved outputs kept) unless `--slow` is given. Outputs are then written back for the cells a reader
