@@ -4,17 +4,18 @@
 
 # %% auto #0
 __all__ = ['MIN_INPUT_SIZE', 'CROSSFORMER_VARIANTS', 'ORIGINAL_BUFFER_SUFFIXES', 'default_cfgs', 'cross_scale_dims',
-           'conv_as_blocks', 'CrossScaleEmbedding', 'CrossScaleMerging', 'DynamicPosBias', 'relative_offsets',
-           'short_distance_groups', 'short_distance_ungroup', 'long_distance_groups', 'long_distance_ungroup',
-           'attention_layout', 'layout_args', 'group_index', 'LSDAttention', 'CrossFormerBlock', 'CrossFormerStage',
-           'CrossFormer', 'check_against_compact', 'CrossFormerClassifier', 'checkpoint_filter_fn', 'crossformer_t',
-           'crossformer_s', 'crossformer_b', 'crossformer_l', 'crossformer_backbone']
+           'CrossScaleEmbedding', 'CrossScaleMerging', 'DynamicPosBias', 'relative_offsets', 'short_distance_groups',
+           'short_distance_ungroup', 'long_distance_groups', 'long_distance_ungroup', 'attention_layout', 'layout_args',
+           'group_index', 'LSDAttention', 'CrossFormerBlock', 'CrossFormerStage', 'CrossFormer',
+           'CrossFormerClassifier', 'checkpoint_filter_fn', 'crossformer_t', 'crossformer_s', 'crossformer_b',
+           'crossformer_l', 'crossformer_backbone']
 
 # %% ../nbs/02_backbone.ipynb #c002
 import math
 from functools import lru_cache, wraps
 import torch, torch.nn as nn, torch.nn.functional as F
-from .core import tracing
+from .core import tracing, packed
+from . import kernels
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import register_model, build_model_with_cfg, generate_default_cfgs
@@ -27,71 +28,7 @@ def cross_scale_dims(dim, n_kernels):
     "Channel split of a cross-scale layer: `dim/2, dim/4, ...`, the last kernel gets the remainder (`dim/2**(n-1)`)."
     return [dim // 2 ** (i + 1) for i in range(n_kernels - 1)] + [dim // 2 ** (n_kernels - 1)]
 
-# %% ../nbs/02_backbone.ipynb #c008c
-def conv_as_blocks(x, weight, bias, stride, padding):
-    "`F.conv2d(x, weight, bias, stride, padding)` for a square kernel that is a multiple of the stride, as a stride-1 convolution over the `stride x stride` blocks of the padded `x`."
-    O, C, k, s, p = *weight.shape[:3], stride, padding
-    kb, (H, W) = k // s, x.shape[-2:]
-    oh, ow = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
-    blocks = F.pixel_unshuffle(F.pad(x, (p, p, p, p))[..., :s * (oh + kb - 1), :s * (ow + kb - 1)], s)  # channel c*s*s + dy*s + dx
-    return F.conv2d(blocks, weight.view(O, C, kb, s, kb, s).permute(0, 1, 3, 5, 2, 4).reshape(O, C * s * s, kb, kb), bias)
-
-
 # %% ../nbs/02_backbone.ipynb #c008a
-def _packed(t):
-    "A contiguous copy of `t` (`clone`, not `reshape`: a traced graph then keeps every size free, 1 included)."
-    return t.clone(memory_format=torch.contiguous_format)
-
-def _cross_scale_convs(convs, x):
-    "The outputs of `convs` on the NCHW map `x`, concatenated along channels (a cross-scale layer's convolutions)."
-    if tracing(): return torch.cat([c(_packed(x)) for c in convs], 1)   # plain NCHW: a traced graph keeps every size free
-    cl = torch.channels_last   # channels-last input and weights: 2-6x faster on CPU (kernels 16/32, and B=1), tokens need no copy
-    xc, min_blocks = x.contiguous(memory_format=cl), 4 if torch.is_grad_enabled() else 8   # where the block form wins (measured)
-    def conv(c):
-        (k, _), (s, _) = c.kernel_size, c.stride
-        if k % s == 0 and k >= min_blocks * s:
-            return conv_as_blocks(x, c.weight, c.bias, s, c.padding[0]).contiguous(memory_format=cl)
-        return F.conv2d(xc, c.weight.contiguous(memory_format=cl), c.bias, c.stride, c.padding)
-    return torch.cat([conv(c) for c in convs], 1)
-
-_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, '_linear_pointwise', None) if torch.backends.mkldnn.is_available() else None
-
-def _onednn(x, w):
-    "Whether `x @ w.T` runs through oneDNN's linear: CPU fp32, not while tracing or under autocast (see the block)."
-    return (_ONEDNN_LINEAR is not None and x.device.type == 'cpu' and x.dtype == w.dtype == torch.float32
-            and not tracing() and not torch.is_autocast_enabled('cpu'))
-
-def _dnn(x, w, b=None):
-    "`F.linear(x, w, b)` by oneDNN's kernel, for `x` of any rank (no autograd: callers give the backward)."
-    y = _ONEDNN_LINEAR(x.reshape(-1, x.shape[-1]).contiguous(), w, b, 'none', [], '')
-    return y.view(*x.shape[:-1], y.shape[-1])
-
-def _fc(x, w, b=None):
-    "`F.linear(x, w, b)`, through oneDNN where `_onednn` says so (no autograd)."
-    return _dnn(x, w, b) if _onednn(x, w) else F.linear(x, w, b)
-
-class _OneDNNLinear(torch.autograd.Function):
-    "`F.linear` with oneDNN's forward and input gradient; the weight gradient is `mm`'s (MKL is faster there)."
-    @staticmethod
-    def forward(ctx, x, w, b):
-        ctx.save_for_backward(x, w)
-        ctx.has_bias = b is not None
-        return _dnn(x, w, b)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, w = ctx.saved_tensors
-        dy2 = dy.reshape(-1, dy.shape[-1])
-        dx = _dnn(dy, w.t().contiguous()) if ctx.needs_input_grad[0] else None
-        dw = dy2.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
-        return dx, dw, dy2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-
-def _linear(lin, x, act=None):
-    "`lin(x)`, then GELU if `act == 'gelu'`; on CPU fp32 through oneDNN's linear (see the block)."
-    if not _onednn(x, lin.weight): y = lin(x)
-    else: y = (_OneDNNLinear.apply if torch.is_grad_enabled() else _dnn)(x, lin.weight, lin.bias)
-    return F.gelu(y) if act == 'gelu' else y   # oneDNN's fused GELU gives the same bits, slower (see the block)
-
 def _size_cache(maxsize):
     "`lru_cache` for tables built once per size: built outside inference mode (autograd may save them later), read-only."
     def wrap(fn):
@@ -113,7 +50,7 @@ class CrossScaleEmbedding(nn.Module):
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
     def forward(self, x):
-        x = _cross_scale_convs(self.projs, x)
+        x = kernels.cross_scale_convs(self.projs, x)
         H, W = x.shape[-2:]
         return self.norm(x.flatten(2).transpose(1, 2)), (H, W)
 
@@ -130,10 +67,10 @@ class CrossScaleMerging(nn.Module):
     def forward(self, x, H, W):
         B, L, C = x.shape
         x = self.norm(x).transpose(1, 2).reshape(B, C, H, W)          # a channels-last view of the tokens: no copy
-        x = _cross_scale_convs(self.reductions, x)
+        x = kernels.cross_scale_convs(self.reductions, x)
         H, W = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)
-        return (_packed(x) if tracing() else x.contiguous()), (H, W)   # contiguous tokens for the next stage
+        return (packed(x) if tracing() else x.contiguous()), (H, W)   # contiguous tokens for the next stage
 
 # %% ../nbs/02_backbone.ipynb #c014
 class DynamicPosBias(nn.Module):
@@ -151,7 +88,7 @@ class DynamicPosBias(nn.Module):
 # %% ../nbs/02_backbone.ipynb #c015
 def _relative_tables(Gh, Gw, device=None):
     ar = lambda n: torch.arange(n, device=device)
-    ys, xs = (_packed(t.expand(Gh, Gw)).view(-1) for t in (ar(Gh)[:, None], ar(Gw)[None]))   # grid place of every token
+    ys, xs = (packed(t.expand(Gh, Gw)).view(-1) for t in (ar(Gh)[:, None], ar(Gw)[None]))   # grid place of every token
     dy, dx = torch.arange(1 - Gh, Gh, device=device), torch.arange(1 - Gw, Gw, device=device)
     offsets = torch.stack(torch.meshgrid(dy, dx, indexing='ij'), -1).reshape(-1, 2).float()  # ((2Gh-1)(2Gw-1), 2)
     index = (ys[:, None] - ys[None] + Gh - 1) * (2 * Gw - 1) + (xs[:, None] - xs[None] + Gw - 1)  # (N, N) rows of `offsets`
@@ -218,99 +155,24 @@ def group_index(H, W, sda, size, batch=1, device=None, plain_first=False):
     ar, shape, N = (lambda n: torch.arange(n, device=device)), (nGh, nGw, Gh, Gw), Gh * Gw
     rows = ar(nGh)[:, None, None, None] * a + ar(Gh)[None, None, :, None] * b    # (nGh, 1, Gh, 1): map row of each slot
     cols = ar(nGw)[None, :, None, None] * a + ar(Gw)[None, None, None, :] * b    # (1, nGw, 1, Gw): map column
-    pad = _packed(((rows >= H) | (cols >= W)).expand(shape)).view(-1, N)         # (nG, N)
-    token = _packed(torch.where(pad.view(shape), 0, rows * W + cols)).view(-1, N)  # padded slots read token 0
-    place = _packed((rows * (nW * size) + cols).expand(shape)).view(-1, N)       # slot -> place on the padded map
+    pad = packed(((rows >= H) | (cols >= W)).expand(shape)).view(-1, N)         # (nG, N)
+    token = packed(torch.where(pad.view(shape), 0, rows * W + cols)).view(-1, N)  # padded slots read token 0
+    place = packed((rows * (nW * size) + cols).expand(shape)).view(-1, N)       # slot -> place on the padded map
     if plain_first:                                                    # groups without padding first: they share one mask
         order = torch.argsort(pad.any(1).to(torch.uint8), stable=True)
         pad, token, place = pad[order], token[order], place[order]
     nG = pad.shape[0]
     slot = torch.empty_like(place.view(-1)).scatter_(0, place.view(-1), ar(nG * N))   # place on the padded map -> slot
-    slot = _packed(slot.view(nH * size, nW * size)[:H, :W]).view(-1)   # (H*W,): the slot of every token
+    slot = packed(slot.view(nH * size, nW * size)[:H, :W]).view(-1)   # (H*W,): the slot of every token
     # the images of a batch sit inside each group: slot (g, i, p) holds token p of group g of image i
     gather = (token.view(nG, 1, N) + ar(batch)[None, :, None] * (H * W)).view(-1)
-    scatter = _packed(ar(nG * batch * N).view(nG, batch, N).transpose(0, 1)).view(batch, nG * N).index_select(1, slot)
+    scatter = packed(ar(nG * batch * N).view(nG, batch, N).transpose(0, 1)).view(batch, nG * N).index_select(1, slot)
     return gather, scatter.view(-1), pad, (Gh, Gw)
 
 @_size_cache(64)
 def _eager_group_index(H, W, sda, size, batch, device):
     gather, scatter, pad, group = group_index(H, W, sda, size, batch, device, plain_first=True)
     return gather, scatter, pad, group, int((~pad.any(1)).sum())      # ... and the number of groups without padding
-
-# %% ../nbs/02_backbone.ipynb #c027b
-_CHUNK_BYTES = 2 ** 21   # probabilities per step of the attention forward/backward: they stay in cache (2 MiB measured best)
-
-def _key_mask(pad, dtype):
-    "The additive mask of padded keys: `-1e6` where `pad` is set (the softmax then gives them no weight), else 0."
-    return pad.to(dtype) * -1e6
-
-def _flash(q, k, v, mask, scale):
-    "PyTorch's fused CPU attention kernel: the output and the log-sum-exp of each query's logits."
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0., False, attn_mask=mask, scale=scale)
-
-def _heads_major(t, c, h, N, d):
-    "A fresh contiguous `(c*h, N, d)` copy of a `(c, N, h, d)` view (one chunk of q, k, v or their gradients)."
-    return t.transpose(1, 2).clone(memory_format=torch.contiguous_format).view(c * h, N, d)
-
-def _group_chunks(qkv, P, neg):
-    "`(i, j, mask)`: ranges of groups whose probabilities fill about `_CHUNK_BYTES`, never mixing the `P` plain groups with the padded ones, and the padded ones' key mask rows (None for plain)."
-    nGB, N, _, h, _ = qkv.shape
-    step = max(1, _CHUNK_BYTES // (h * N * N * qkv.element_size()))
-    return [(i, j, neg[i - P:j - P] if i >= P else None)
-            for i in [*range(0, P, step), *range(P, nGB, step)] for j in [min(i + step, P if i < P else nGB)]]
-
-def _chunk_logits(q, k, bias, neg, c, h, N):
-    "Logits `q k^T + bias (+ key mask)` of one chunk as `(c, h, N, N)` (q carries the scale)."
-    s = torch.bmm(q, k.transpose(1, 2)).view(c, h, N, N).add_(bias)
-    return s if neg is None else s.add_(neg[:, None, None, :])
-
-class _GroupAttention(torch.autograd.Function):
-    "LSDA attention of one block on the CPU while training, from the `qkv` projection straight to the `(nG*B*N, C)` output, with the DPB bias's gradient."
-    @staticmethod
-    def forward(ctx, qkv, bias, pad, n_plain, batch, scale, keep_probs):
-        nGB, N, _, h, d = qkv.shape                                    # qkv: (nG*B, N, 3, h, d), group-major
-        P = n_plain * batch
-        neg = _key_mask(pad[n_plain:], bias.dtype).repeat_interleave(batch, 0)      # (nPad*B, N)
-        if keep_probs:                                                 # softmax a chunk at a time, the probabilities kept
-            probs, out = qkv.new_empty(nGB, h, N, N), qkv.new_empty(nGB, N, h, d)
-            for i, j, mask in _group_chunks(qkv, P, neg):
-                c = j - i
-                q, k, v = (_heads_major(qkv[i:j, :, t], c, h, N, d) for t in range(3))
-                s = _chunk_logits(q.mul_(scale), k, bias, mask, c, h, N)
-                p = torch.ops.aten._softmax.out(s, -1, False, out=probs[i:j])
-                out[i:j].copy_(torch.bmm(p.view(-1, N, N), v).view(c, h, N, d).transpose(1, 2))
-            out, kept = out.view(nGB * N, h * d), probs
-        else:                                                          # the fused kernel; only the log-sum-exp kept
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)             # (nG*B, h, N, d) views
-            outs = []
-            if P: outs.append(_flash(q[:P], k[:P], v[:P], bias.unsqueeze(0), scale))  # one broadcast mask
-            if P < nGB: outs.append(_flash(q[P:], k[P:], v[P:], bias + neg[:, None, None, :], scale))
-            out = torch.cat([o.transpose(1, 2) for o, _ in outs]).view(nGB * N, h * d)
-            kept = torch.cat([l for _, l in outs])                     # (nG*B, h, N)
-        ctx.save_for_backward(qkv, bias, neg, kept, out)
-        ctx.P, ctx.scale, ctx.keep_probs = P, scale, keep_probs
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        qkv, bias, neg, kept, out = ctx.saved_tensors
-        nGB, N, _, h, d = qkv.shape
-        P, scale, dout, out = ctx.P, ctx.scale, dout.view(nGB, N, h, d), out.view(nGB, N, h, d)
-        dqkv, dbias = torch.empty_like(qkv), torch.zeros_like(bias)
-        for i, j, mask in _group_chunks(qkv, P, neg):
-            c = j - i
-            q, k, v, do = (_heads_major(t, c, h, N, d) for t in (qkv[i:j, :, 0], qkv[i:j, :, 1], qkv[i:j, :, 2], dout[i:j]))
-            q.mul_(scale)
-            if ctx.keep_probs: p = kept[i:j].view(-1, N, N)
-            else:                                                      # probabilities recomputed from the log-sum-exp
-                s = _chunk_logits(q, k, bias, mask, c, h, N)
-                p = s.view(-1, N, N).sub_(kept[i:j].reshape(-1, N, 1)).exp_()
-            delta = (do.view(c, h, N, d) * out[i:j].transpose(1, 2)).sum(-1).view(-1, N, 1)
-            ds = torch.bmm(do, v.transpose(1, 2)).sub_(delta).mul_(p)             # gradient of the logits
-            for t, g in ((0, torch.bmm(ds, k).mul_(scale)), (1, torch.bmm(ds.transpose(1, 2), q)), (2, torch.bmm(p.transpose(1, 2), do))):
-                dqkv[i:j, :, t].copy_(g.view(c, h, N, d).transpose(1, 2))          # q carried the scale for dk
-            dbias.add_(ds.view(c, h, N, N).sum(0))                                 # the bias is shared by every group
-        return dqkv, dbias, None, None, None, None, None
 
 # %% ../nbs/02_backbone.ipynb #c028
 class LSDAttention(nn.Module):
@@ -326,7 +188,7 @@ class LSDAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.use_sdpa = use_sdpa
-        self.keep_probs = True   # `_GroupAttention` keeps the probabilities for backward (a stage's `grad_checkpointing` clears it)
+        self.keep_probs = True   # the CPU kernel keeps the probabilities for backward (a stage's `grad_checkpointing` clears it)
         self._bias_cache = {}    # DPB tables by size while no gradient is recorded; keyed by the weights' versions
 
     def position_bias(self, Gh, Gw, device):
@@ -344,32 +206,28 @@ class LSDAttention(nn.Module):
             self._bias_cache[key] = bias
         return bias
 
-    def _sdpa(self, q, k, v, mask):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=self.scale)
-
     def _explicit(self):
         "Whether attention takes the explicit path: chosen, or attention dropout active (the fused kernels have none here)."
         return not self.use_sdpa or (self.training and self.attn_drop.p > 0)
 
-    def _fused_backward(self, qkv, bias):
-        "Whether `_GroupAttention` applies: the SDPA path recording gradients on the CPU in fp32."
-        return (not self._explicit() and qkv.device.type == 'cpu' and torch.is_grad_enabled() and (qkv.requires_grad or bias.requires_grad)
-                and qkv.dtype == bias.dtype == torch.float32 and not tracing())
-
-    def attend(self, q, k, v, bias, pad, n_plain, batch):
-        "`softmax(q k^T * scale + bias + mask) v` of group-major `(nG*batch, h, N, d)` q, k, v -> `(nG*batch*N, h*d)`."
+    def attend_explicit(self, q, k, v, bias, pad, n_plain, batch):
+        "`softmax(q k^T * scale + bias + mask) v` of group-major `(nG*batch, h, N, d)` q, k, v -> `(nG*batch*N, h*d)`, written out."
         nGB, h, N, d = q.shape
-        if self._explicit():
-            q, k, v = (_packed(t).view(-1, N, d) for t in (q, k, v))  # (nG*B*h, N, d) for bmm
-            attn = torch.bmm(q.mul_(self.scale), k.transpose(1, 2)).view(-1, batch, h, N, N) + bias
-            if n_plain == 0 or n_plain < pad.shape[0]: attn.add_(_key_mask(pad, attn.dtype)[:, None, None, None, :])
-            attn = self.attn_drop(attn.softmax(dim=-1))
-            return _packed(torch.bmm(attn.view(-1, N, N), v).view(nGB, h, N, d).transpose(1, 2)).view(-1, h * d)
+        q, k, v = (packed(t).view(-1, N, d) for t in (q, k, v))       # (nG*B*h, N, d) for bmm
+        attn = torch.bmm(q.mul_(self.scale), k.transpose(1, 2)).view(-1, batch, h, N, N) + bias
+        if n_plain == 0 or n_plain < pad.shape[0]: attn.add_(kernels.key_mask(pad, attn.dtype)[:, None, None, None, :])
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        return packed(torch.bmm(attn.view(-1, N, N), v).view(nGB, h, N, d).transpose(1, 2)).view(-1, h * d)
+
+    def attend_sdpa(self, q, k, v, bias, pad, n_plain, batch):
+        "`attend_explicit`'s result by `F.scaled_dot_product_attention`: once for the plain groups, once for the padded ones."
+        nGB, h, N, d = q.shape
+        sdpa = lambda q, k, v, mask: F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=self.scale)
         P, parts = n_plain * batch, []
-        if P: parts.append(self._sdpa(q[:P], k[:P], v[:P], bias.unsqueeze(0)))         # one broadcast mask
+        if P: parts.append(sdpa(q[:P], k[:P], v[:P], bias.unsqueeze(0)))              # one broadcast mask
         if P == 0 or P < nGB:                                          # (short-circuits: no symbolic comparison while tracing)
-            mask = bias + _key_mask(pad[n_plain:], bias.dtype)[:, None, None, :]      # (nPad, h, N, N)
-            parts.append(self._sdpa(q[P:], k[P:], v[P:], mask.repeat_interleave(batch, 0)))
+            mask = bias + kernels.key_mask(pad[n_plain:], bias.dtype)[:, None, None, :]   # (nPad, h, N, N)
+            parts.append(sdpa(q[P:], k[P:], v[P:], mask.repeat_interleave(batch, 0)))
         o = torch.cat([o.transpose(1, 2) for o in parts]) if len(parts) > 1 else parts[0].transpose(1, 2)
         return o.reshape(-1, h * d)
 
@@ -380,27 +238,10 @@ class LSDAttention(nn.Module):
         else: gather, scatter, pad, (Gh, Gw), n_plain = _eager_group_index(H, W, sda, size, B, x.device)
         N, h = Gh * Gw, self.num_heads
         xg = x.reshape(B * L, C).index_select(0, gather)              # (nG*B*N, C): padded and grouped in one copy
-        qkv, bias = _linear(self.qkv, xg).view(-1, N, 3, h, C // h), self.position_bias(Gh, Gw, x.device)
-        if self._fused_backward(qkv, bias): o = _GroupAttention.apply(qkv, bias, pad, n_plain, B, self.scale, self.keep_probs)
-        else: o = self.attend(*qkv.permute(2, 0, 3, 1, 4).unbind(0), bias, pad, n_plain, B)   # q, k, v: (nG*B, h, N, d)
-        return self.proj_drop(_linear(self.proj, o)).index_select(0, scatter).view(B, L, C)   # ungrouped and cropped in one copy
-
-# %% ../nbs/02_backbone.ipynb #c029b
-class _GELULinear(torch.autograd.Function):
-    "`F.linear(F.gelu(h), w, b)` that keeps `h` for backward and recomputes `gelu(h)` there, instead of keeping both."
-    @staticmethod
-    def forward(ctx, h, w, b, approximate):
-        ctx.save_for_backward(h, w)
-        ctx.approximate, ctx.has_bias = approximate, b is not None
-        return _fc(F.gelu(h, approximate=approximate), w, b)
-
-    @staticmethod
-    def backward(ctx, dy):
-        h, w = ctx.saved_tensors
-        dy2 = dy.reshape(-1, dy.shape[-1])
-        dw = dy2.t() @ F.gelu(h, approximate=ctx.approximate).reshape(-1, h.shape[-1])
-        dh = torch.ops.aten.gelu_backward(_fc(dy, w.t().contiguous()), h, approximate=ctx.approximate)
-        return dh, dw, dy2.sum(0) if ctx.has_bias else None, None
+        qkv, bias = kernels.linear(self.qkv, xg).view(-1, N, 3, h, C // h), self.position_bias(Gh, Gw, x.device)
+        if self._explicit(): o = self.attend_explicit(*qkv.permute(2, 0, 3, 1, 4).unbind(0), bias, pad, n_plain, B)
+        else: o = kernels.group_attention(self.attend_sdpa, qkv, bias, pad, n_plain, B, self.scale, self.keep_probs)
+        return self.proj_drop(kernels.linear(self.proj, o)).index_select(0, scatter).view(B, L, C)   # ungrouped and cropped in one copy
 
 # %% ../nbs/02_backbone.ipynb #c030
 class CrossFormerBlock(nn.Module):
@@ -439,18 +280,7 @@ class CrossFormerBlock(nn.Module):
                            lambda t: self.attn(t.view(B, L, C), H, W, 0, self.interval).view(-1), (y.view(-1),)).view(B, L, C)
         else: y = self.attn(y, H, W, *layout_args(H, W, self.group_size, self.interval, self.long_distance))
         x = self.residual(x, y)
-        return self.residual(x, self.mlp_forward(self.norm2(x)))
-
-    def mlp_forward(self, x):
-        "`self.mlp(x)`; while training, the GELU output is recomputed in backward instead of kept (the widest tensor)."
-        m = self.mlp
-        gelu = type(m.act) is nn.GELU and isinstance(m.norm, nn.Identity)          # fc1 -> GELU -> fc2, dropouts aside
-        if gelu and not self.training and m.act.approximate == 'none':             # dropouts are off in eval
-            return _linear(m.fc2, _linear(m.fc1, x, 'gelu'))
-        if not (gelu and self.training and torch.is_grad_enabled() and not tracing()
-                and not torch.is_autocast_enabled(x.device.type)   # autocast: its hand-written backward would mix bf16 and fp32
-                and m.drop1.p == 0 and m.drop2.p == 0): return m(x)
-        return _GELULinear.apply(_linear(m.fc1, x), m.fc2.weight, m.fc2.bias, m.act.approximate)
+        return self.residual(x, kernels.mlp(self.mlp, self.norm2(x)))
 
 # %% ../nbs/02_backbone.ipynb #c032
 class CrossFormerStage(nn.Module):
@@ -612,16 +442,6 @@ CROSSFORMER_VARIANTS = {  # the paper's hyper-parameters of T/S/B/L; 'tiny' is t
     'l': dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5),
     'tiny': dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), drop_path_rate=0.),
 }
-
-# %% ../nbs/02_backbone.ipynb #c036
-def check_against_compact(out, ref, key, atol=1e-4, rtol=1e-4):
-    "Compare tensor `out` with the compact reference entry `key` (sampled values, sums); raise AssertionError if off."
-    if key in ref: return torch.testing.assert_close(out.float(), ref[key].float(), atol=atol, rtol=rtol)
-    assert list(out.shape) == ref[f'{key}::shape'].tolist(), f'{key}: shape {tuple(out.shape)} != {ref[key + "::shape"].tolist()}'
-    flat = out.reshape(-1)
-    torch.testing.assert_close(flat[ref[f'{key}::idx']], ref[f'{key}::val'], atol=atol, rtol=rtol, msg=lambda m: f'{key}: {m}')
-    s, ref_s, ref_abs = out.double().sum(), ref[f'{key}::sum'][0], ref[f'{key}::abssum'][0]
-    assert (s - ref_s).abs() <= 1e-6 * ref_abs + atol, f'{key}: sum {s.item()} != {ref_s.item()}'
 
 # %% ../nbs/02_backbone.ipynb #c047
 class CrossFormerClassifier(CrossFormer):
