@@ -5,8 +5,8 @@ safetensors files into one model definition, with one readable report of what di
 
 # %% auto #0
 __all__ = ['CONTENT_HASH_KEY', 'SKIPPED_KEYS', 'CLASSIFIER_KEYS', 'META_KEYS', 'Checkpoint', 'tensors_digest', 'read_checkpoint',
-           'LoadReport', 'unwrap_model', 'match_state_dict', 'CheckpointMismatch', 'nonfinite_tensors',
-           'load_checkpoint', 'save_checkpoint', 'model_metadata', 'checkpoint_metadata', 'synthetic_state_dict']
+           'LoadReport', 'match_state_dict', 'CheckpointMismatch', 'nonfinite_tensors', 'load_checkpoint',
+           'save_checkpoint', 'model_metadata', 'checkpoint_metadata', 'synthetic_state_dict']
 
 # %% ../nbs/05_checkpoint.ipynb #c002
 import hashlib, json, os, re, warnings
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from safetensors import safe_open
 from safetensors.torch import load_file as _st_load_file, save_file as _st_save_file
-from .core import atomic_write, NonFiniteError, nonfinite_counts
+from .core import atomic_write, NonFiniteError, nonfinite_counts, unwrap_model
 from .backbone import ORIGINAL_BUFFER_SUFFIXES
 
 # %% ../nbs/05_checkpoint.ipynb #c007
@@ -172,13 +172,6 @@ class LoadReport:
 def _skip_rules(target_keys):
     "The `SKIPPED_KEYS` rules that apply: those matching no key of the target."
     return {p: why for p, why in SKIPPED_KEYS.items() if not any(re.match(p, k) for k in target_keys)}
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    "The plain module inside DDP / DataParallel / `torch.compile` wrappers (whose keys carry `module.` / `_orig_mod.`)."
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)): model = model.module
-        elif isinstance(getattr(model, '_orig_mod', None), nn.Module): model = model._orig_mod
-        else: return model
 
 def match_state_dict(model: nn.Module, sd: dict, path='<state dict>', format='', reinit=()):
     "Pick the part of `model` that `sd` covers; return (that module, the state dict to load into it, `LoadReport`); `reinit`: see `load_checkpoint`."

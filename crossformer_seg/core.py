@@ -6,7 +6,8 @@
 __all__ = ['MALLOC_POLICIES', 'FUSED_ADAMW_DEVICES', 'tracing', 'plain_tensor', 'packed', 'UsageError', 'ImageReadError',
            'NonFiniteError', 'nonfinite_counts', 'malloc_policy', 'fused_adamw', 'print_error', 'run_command',
            'command_main', 'run_as_script', 'remove_stale_temporaries', 'check_writable_dir', 'check_parent',
-           'atomic_write', 'atomic_dir', 'check_against_compact']
+           'atomic_write', 'atomic_dir', 'check_against_compact', 'rank_world', 'is_distributed', 'all_gather_object',
+           'parse_device', 'unwrap_model']
 
 # %% ../nbs/00_core.ipynb #c002
 import argparse, os, re, shutil, sys, tempfile, warnings
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from fastcore.imports import IN_NOTEBOOK
 import torch
+import torch.nn as nn
+import torch.distributed as dist
 
 # %% ../nbs/00_core.ipynb #c003x
 warnings.filterwarnings('ignore', message=r'`torch.jit.script` is deprecated', category=FutureWarning)
@@ -214,3 +217,34 @@ def check_against_compact(out, ref, key, atol=1e-4, rtol=1e-4):
     torch.testing.assert_close(flat[ref[f'{key}::idx']], ref[f'{key}::val'], atol=atol, rtol=rtol, msg=lambda m: f'{key}: {m}')
     s, ref_s, ref_abs = out.double().sum(), ref[f'{key}::sum'][0], ref[f'{key}::abssum'][0]
     assert (s - ref_s).abs() <= 1e-6 * ref_abs + atol, f'{key}: sum {s.item()} != {ref_s.item()}'
+
+# %% ../nbs/00_core.ipynb #c031
+def rank_world():
+    "(rank, world size) of this process in `torch.distributed`; (0, 1) when no process group is running."
+    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+def is_distributed():
+    "Whether a process group of more than one process is running."
+    return rank_world()[1] > 1
+
+def all_gather_object(o):
+    "The list of `o` (picklable) from every process, in rank order; `[o]` without a process group."
+    if not is_distributed(): return [o]
+    out = [None] * rank_world()[1]
+    dist.all_gather_object(out, o)
+    return out
+
+def parse_device(name, arg='--device'):
+    "A `torch.device` for `name`, or a `UsageError` naming `arg` when it is malformed or not available here."
+    try: device = torch.device(name)
+    except (RuntimeError, ValueError) as e: raise UsageError(f'{arg} {name}: {e}') from None
+    if device.type == 'cuda' and not torch.cuda.is_available(): raise UsageError(f'{arg} {name}: CUDA is not available')
+    return device
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    "The plain module inside DDP / DataParallel / `torch.compile` wrappers (whose keys carry `module.` / `_orig_mod.`)."
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)): model = model.module
+        elif isinstance(getattr(model, '_orig_mod', None), nn.Module): model = model._orig_mod
+        else: return model

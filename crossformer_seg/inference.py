@@ -4,8 +4,7 @@
 
 # %% auto #0
 __all__ = ['AUG_TEST_RATIOS', 'preprocess_image', 'segment_image', 'collect_images', 'output_stems', 'label_png', 'side_by_side',
-           'save_image', 'predict_arguments', 'parse_device', 'set_classes', 'load_segmentor', 'load_pretrained',
-           'run_predict']
+           'save_image', 'predict_arguments', 'set_classes', 'load_segmentor', 'load_pretrained', 'run_predict']
 
 # %% ../nbs/09_inference.ipynb #c002
 import os, traceback
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from .core import UsageError, ImageReadError, NonFiniteError, atomic_write, check_writable_dir, print_error
+from .core import UsageError, ImageReadError, NonFiniteError, atomic_write, check_writable_dir, print_error, parse_device
 from .transforms import align_resize, normalize, ratio_scale
 from .data import IMAGE_EXTS, ADE20K_PALETTE, ADE20K_CLASSES, distinct_palette, read_image, overlay, image_size_problem, _to_rgb
 from .segmentor import inference, softmax_classes
@@ -96,13 +95,6 @@ def predict_arguments(p):
     p.add_argument('--device', default='cpu', help="torch device: 'cpu' (default) or 'cuda' if available")
 
 # %% ../nbs/09_inference.ipynb #c022
-def parse_device(name, arg='--device'):
-    "A `torch.device` for `name`, or a `UsageError` naming `arg` when it is malformed or not available here."
-    try: device = torch.device(name)
-    except (RuntimeError, ValueError) as e: raise UsageError(f'{arg} {name}: {e}') from None
-    if device.type == 'cuda' and not torch.cuda.is_available(): raise UsageError(f'{arg} {name}: CUDA is not available')
-    return device
-
 def _check_checkpoint_file(checkpoint):
     "`UsageError` unless `checkpoint` is a file."
     if not Path(checkpoint).is_file():

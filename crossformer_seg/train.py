@@ -24,9 +24,10 @@ from .core import UsageError, ImageReadError, atomic_write, check_writable_dir, 
 from .segmentor import SEG_CONFIGS, resolve_config, build_segmentor
 from .checkpoint import load_checkpoint, CheckpointMismatch, CLASSIFIER_KEYS
 from .data import ade20k_dls, ade20k_items, overlay, read_image, read_label, seg_dataset, folder_dls
-from .learner import (RECIPES, get_recipe, recipe_name, seg_learner, latest_checkpoint, read_training_state,
-                                     checkpoint_iteration, NonFiniteLoss, RankCheck)
-from .metrics import rank_world
+from .recipes import RECIPES, get_recipe, recipe_name
+from .run_folder import latest_checkpoint, read_training_state, checkpoint_iteration
+from .learner import seg_learner, NonFiniteLoss, RankCheck
+from .core import rank_world, parse_device
 
 # %% ../nbs/14_train.ipynb #c007
 TRAIN_DEFAULTS = dict(batch_size=2, crop_size=(512, 512), seed=0, amp='no', num_workers=2, keep=3, log_interval=50)
@@ -233,7 +234,6 @@ def _process_state(device):
     "accelerate's `PartialState` (joins the process group under `accelerate launch`) and this process's device."
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
-    from crossformer_seg.inference import parse_device
     dev = parse_device(device) if device else None
     cpu = (dev is not None and dev.type == 'cpu') or parse_flag_from_env('ACCELERATE_USE_CPU') or not torch.cuda.is_available()
     state = PartialState(cpu=cpu)   # on CPUs, `cpu=True` is what makes it join a (gloo) process group

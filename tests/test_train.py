@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from crossformer_seg.core import run_command
 from crossformer_seg.demo import make_demo_ade20k
 from crossformer_seg.data import ade20k_dls, IterSampler
-from crossformer_seg.learner import RECIPES, lr_at, no_decay_names, param_groups, find_checkpoints
+from crossformer_seg.recipes import RECIPES, lr_at, no_decay_names, param_groups
+from crossformer_seg.run_folder import find_checkpoints
 from crossformer_seg.segmentor import build_segmentor
 from crossformer_seg.checkpoint import save_checkpoint
 from crossformer_seg import train
