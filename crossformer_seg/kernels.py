@@ -243,7 +243,7 @@ class _GroupAttention(torch.autograd.Function):
         return dqkv, dbias, None, None, None, None, None
 
 def group_attention(plain, qkv, bias, pad, n_plain, batch, scale, keep_probs=True):
-    "`plain(q, k, v, bias, pad, n_plain, batch)` of the `(nG*batch, N, 3, h, d)` projection `qkv`: the attention of one block, by `_GroupAttention` on the CPU in fp32 while gradients are recorded."
+    "`plain(q, k, v, bias, pad, n_plain, batch)` of the `(nG*batch, N, 3, h, d)` projection `qkv`: the attention of one block, by the private autograd function _GroupAttention on the CPU in fp32 while gradients are recorded."
     if (fast_kernels_apply(qkv) and torch.is_grad_enabled() and (qkv.requires_grad or bias.requires_grad)
             and qkv.dtype == bias.dtype == torch.float32):
         return _GroupAttention.apply(qkv, bias, pad, n_plain, batch, scale, keep_probs)

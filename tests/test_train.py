@@ -250,7 +250,7 @@ def finish(p, timeout=900):
     return p.returncode, out
 
 KILL_IN_WRITE = '''
-import os, signal, crossformer_seg.learner as L
+import os, signal, crossformer_seg.run_folder as L
 _orig = L._save_tensors
 def _save_then_die(tensors, path):
     _orig(tensors, path)
