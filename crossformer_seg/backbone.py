@@ -18,7 +18,7 @@ from .core import tracing, packed
 from . import kernels
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import register_model, build_model_with_cfg, generate_default_cfgs
+from timm.models import register_model, build_model_with_cfg, generate_default_cfgs, register_notrace_module
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._manipulate import MATCH_PREV_GROUP
 from timm.models._features import feature_take_indices
@@ -333,7 +333,8 @@ class CrossFormer(nn.Module):
         self.in_chans, self.embed_dim = in_chans, embed_dim
         self.num_layers, self.group_size, self.crs_interval = n, group_size, crs_interval
         self.dims = [embed_dim * 2 ** i for i in range(n)]
-        self.num_features = self.dims[-1]
+        self.num_features = self.head_hidden_size = self.dims[-1]   # timm: what the head reads (no pre-logits layer)
+        self.output_fmt = 'NHWC'   # timm: the layout of `forward_features` (the stage maps of `forward` are NCHW)
         self.patch_embed = CrossScaleEmbedding(patch_size, in_chans, embed_dim, norm_layer if patch_norm else None)
         self.pos_drop = nn.Dropout(p=drop_rate)
         n_blocks = sum(depths)   # stochastic depth grows linearly over all blocks (plain Python: works on 'meta' too)
@@ -381,6 +382,7 @@ class CrossFormer(nn.Module):
 
     def check_input(self, x):
         "Raise one clear `ValueError` for an input the backbone cannot take (type, dtype, shape, empty batch, size)."
+        if isinstance(x, torch.fx.Proxy): return   # symbolic tracing (torch.fx): no values to check
         hint = 'normalise images with the data pipeline (crossformer_seg.inference.preprocess_image, crossformer_seg.transforms.normalize)'
         if not torch.is_tensor(x):
             raise ValueError(f'CrossFormer expects a torch.Tensor, got {type(x).__module__}.{type(x).__qualname__}: {hint}')
@@ -399,8 +401,8 @@ class CrossFormer(nn.Module):
 
     def forward_intermediates(self, x, indices=None, norm=False, stop_early=False, output_fmt='NCHW',
                               intermediates_only=False):
-        "timm's feature API: the NCHW stage maps at `indices` (None: all, n: the last n) and the final tokens; `norm=True` normalises the last stage's map with the final norm."
-        if output_fmt != 'NCHW': raise ValueError(f'CrossFormer.forward_intermediates: output_fmt must be NCHW, got {output_fmt!r}')
+        "timm's feature API: the stage maps at `indices` (None: all, n: the last n) in `output_fmt` (NCHW or NHWC) and the final map (NHWC, after the final norm); `norm=True` normalises the last stage's map too."
+        if output_fmt not in ('NCHW', 'NHWC'): raise ValueError(f"CrossFormer.forward_intermediates: output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         if norm and self.norm is None:
             raise ValueError('CrossFormer.forward_intermediates: norm=True, but this model has no final norm '
                              '(a segmentation trunk, or pruned without it); use norm=False')
@@ -415,11 +417,11 @@ class CrossFormer(nn.Module):
             # the final norm belongs to the last stage only: for the final tokens, and for its map if `norm`
             final = self.norm(out) if i == last and self.norm is not None and (norm or not intermediates_only) else out
             if i in take:
-                o = final if norm else out
-                outs.append(o.reshape(o.shape[0], H, W, -1).permute(0, 3, 1, 2))   # channels-last view: the neck's convolutions stay so
-            H, W = h, w
+                o = (final if norm else out).reshape(out.shape[0], H, W, -1)
+                outs.append(o.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else o)   # NCHW: a channels-last view, the neck's convolutions stay so
+            last_hw, H, W = (H, W), h, w
         if intermediates_only: return outs
-        return final, outs
+        return final.reshape(final.shape[0], *last_hw, -1), outs
 
     def prune_intermediate_layers(self, indices=1, prune_norm=False, prune_head=True):
         "timm's feature API: drop the stages after the last of `indices` (and the merging that fed them), the final norm if `prune_norm`; returns the kept indices."
@@ -428,11 +430,20 @@ class CrossFormer(nn.Module):
         self.layers[-1].downsample = None          # nothing reads the merging after the last kept stage
         if prune_norm or max_index < self.num_layers - 1: self.norm = None
         self.num_layers, self.num_features = max_index + 1, self.dims[max_index]
+        self.head_hidden_size = self.num_features
         return take
 
     def forward(self, x):
         "The four stage maps, NCHW, strides 4/8/16/32."
         return self.forward_intermediates(x, intermediates_only=True)
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError('CrossFormer cannot be compiled by TorchScript (torch.jit.script): its attention layout is chosen from the '
+                           'input size (torch.cond between the two layouts, symbolic sizes, a cache of group indices by size). '
+                           'Use torch.export, torch.compile, torch.fx (timm\'s leaf modules) or crossformer_seg.export (ONNX).')
+
+# torch.fx: the embedding, mergings and blocks are leaves (their size arithmetic and torch.cond stay Python), timm's way
+for _leaf in (CrossScaleEmbedding, CrossScaleMerging, CrossFormerBlock): register_notrace_module(_leaf)
 
 # %% ../nbs/02_backbone.ipynb #c035
 CROSSFORMER_VARIANTS = {  # the paper's hyper-parameters of T/S/B/L; 'tiny' is the small backbone of the reference tests
@@ -472,12 +483,12 @@ class CrossFormerClassifier(CrossFormer):
         return take
 
     def forward_features(self, x):
-        "Final tokens `(B, L, C)` after the final norm."
+        "The final map `(B, H/32, W/32, C)` (NHWC, timm's `output_fmt` of Swin-like models) after the final norm."
         return self.forward_intermediates(x, indices=1)[0]
 
     def forward_head(self, x, pre_logits=False):
-        "Class logits of final tokens `x` (B, L, C): average-pooled, then the head; `pre_logits=True` stops before the head."
-        x = x.mean(dim=1) if self.global_pool == 'avg' else x
+        "Class logits of the final map `x` (B, h, w, C): average-pooled, then the head; `pre_logits=True` stops before the head."
+        x = x.mean(dim=(1, 2)) if self.global_pool == 'avg' else x
         return x if pre_logits else self.head(x)
 
     def forward(self, x): return self.forward_head(self.forward_features(x))
@@ -492,7 +503,7 @@ def checkpoint_filter_fn(state_dict, model=None):
 
 # %% ../nbs/02_backbone.ipynb #c049
 def _cfg(**kw):
-    return dict(url='', num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=.9,
+    return dict(url='', num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=.9,
                 interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                 first_conv='patch_embed.projs.0', classifier='head', **kw)
 
