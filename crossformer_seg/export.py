@@ -63,7 +63,7 @@ def export_onnx(model, path, example_size=(256, 256), opset=None, aux=False):
     D = torch.export.Dim.DYNAMIC
     try:
         for m in attn: m.use_sdpa = False   # the explicit path: see the text above
-        model.eval()
+        net.eval()
         prog = torch.onnx.export(net, (x,), None, dynamo=True, input_names=['image'], output_names=list(OUTPUTS[:1 + aux]),
                                  dynamic_shapes=({0: D, 2: D, 3: D},), opset_version=opset, verbose=False)
     finally:
