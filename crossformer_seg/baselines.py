@@ -276,4 +276,6 @@ class TimmBackbone(nn.Module):
         for k, v in sd.items():
             if 'net.model.' + k in own: out['net.model.' + k] = v
             else: skipped[k] = 'ImageNet classifier part (head / final norm / class token / buffer): not in a features-only backbone'
+        for k in own:   # layers an ImageNet file cannot have
+            if not k.startswith('net.model.'): skipped[k] = "segmentation layer (mmseg's per-output LayerNorm): left at its initialisation"
         return out, skipped
