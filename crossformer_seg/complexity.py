@@ -275,9 +275,11 @@ def is_demo_result(r):
 
 # %% ../nbs/15_complexity.ipynb #c070
 def _cost_columns(rec):
-    "Params (M) and GFLOPs at both shapes, one decimal, from a cache record."
-    f = lambda shape: paper_round(rec['flops'][shape]['original']['flops'] / 1e9)
-    return {'Params (M)': paper_round(rec['params'] / 1e6), 'FLOPs (G)': f('3x1024x1024'), 'FLOPs 512x2048 (G)': f('3x512x2048')}
+    "Params (M) and GFLOPs (one decimal) from a cache record: at the input and in the convention of the config's printed row, and 'original' at 3 x 512 x 2048."
+    f = lambda shape, conv='original': paper_round(rec['flops'][shape][conv]['flops'] / 1e9)
+    shape, conv = row_convention(rec['config'])
+    return {'Params (M)': paper_round(rec['params'] / 1e6), 'FLOPs (G)': f(shape_key(shape), conv),
+            'FLOPs 512x2048 (G)': f('3x512x2048'), 'Counted as': f'{conv}, {shape_key(shape)}'}
 
 def _iou_cell(row, r, col, e, notes):
     "Fill IoU column `col` of `row` from evaluation `e` (noted) or the printed row `r`."
@@ -306,6 +308,7 @@ def results_table(rows, cache, evals=(), ms=False, head=None):
             else: rec = complexity_record(r['config'])  # not cached (the demo's tiny model): count it now
             row.update(_cost_columns(rec))
             row['Params/FLOPs'] = 'computed'
+            if 'params' in r: row['Printed'] = f"{r['params']}M / {r['flops']}G"   # the seed's cells, beside ours
         else:
             row.update({'Params (M)': r['params'], 'FLOPs (G)': r['flops'], 'FLOPs 512x2048 (G)': None})
             row['Params/FLOPs'] = r['source']
@@ -324,7 +327,7 @@ def _cell(x, digits=1, unit=''):
 
 def table_markdown(df):
     "Markdown of a `results_table`: cells as the paper prints them, 'paper' where the IoU is the paper's, a source column, the notes."
-    cols = [c for c in ('Backbone', 'Iterations', 'Params (M)', 'FLOPs (G)', 'FLOPs 512x2048 (G)', 'IoU', 'MS IoU') if c in df]
+    cols = [c for c in ('Backbone', 'Iterations', 'Params (M)', 'FLOPs (G)', 'Counted as', 'Printed', 'FLOPs 512x2048 (G)', 'IoU', 'MS IoU') if c in df]
     lines = ['| ' + ' | '.join(cols) + ' | Source |', '|' + '|'.join(':---' if c == 'Backbone' else '---:' for c in cols) + '|:---|']
     for _, r in df.iterrows():
         cells = []
@@ -335,7 +338,7 @@ def table_markdown(df):
                 cells.append(v + (' (paper)' if src == 'paper' and v != '-' else ''))
             elif c == 'Params (M)': cells.append(_cell(r[c], unit='M'))
             elif c.startswith('FLOPs'): cells.append(_cell(r[c], unit='G'))
-            else: cells.append(str(r[c]))
+            else: cells.append('-' if r[c] is None or (isinstance(r[c], float) and pd.isna(r[c])) else str(r[c]))
         if r['Params/FLOPs'] == 'computed':
             ious = dict.fromkeys(r[f'{c} from'] for c in cols if c.endswith('IoU'))
             cells.append('Params/FLOPs counted here; IoU: ' + ', '.join(ious))
@@ -363,7 +366,7 @@ def plot_tradeoff(df, title='', path=None):
         if d[col].max() / d[col].min() > 20: ax.set_xscale('log')  # a demo row sits far left of the paper's models
         ax.set_xlabel(label); ax.set_ylabel('mIoU (%)'); ax.grid(alpha=0.3)
         ax.margins(x=0.15, y=0.12)
-    keys = [Line2D([], [], marker='o', ls='', color='tab:red', label='CrossFormer: params and FLOPs counted here'),
+    keys = [Line2D([], [], marker='o', ls='', color='tab:red', label='params and FLOPs counted here'),
             Line2D([], [], marker='s', ls='', color='tab:gray', label='literature values')]
     if synthetic.any(): keys.append(Line2D([], [], marker='o', ls='', color='tab:red', mfc='none', label='demo (synthetic data)'))
     fig.legend(handles=keys, fontsize=8, loc='lower center', ncol=len(keys), frameon=False)
