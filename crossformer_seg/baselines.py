@@ -224,7 +224,7 @@ BASELINE_BACKBONES = {  # every backbone-specific fact, once: timm model, featur
     'swin_tiny': dict(_SWIN, timm='swin_tiny_patch4_window7_224', channels=(32, 64, 128, 256), drop_path_rate=0., pretrained=None,
                       kwargs=dict(_SWIN['kwargs'], embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))),
     'pvt_tiny': dict(_PVT, timm='pvt_v1_tiny', channels=(32, 64, 128, 256), drop_path_rate=0., pretrained=None,
-                     kwargs=dict(embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8), mlp_ratios=(4, 4, 4, 4), depths=(2, 2, 2, 2))),
+                     kwargs=dict(embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8), mlp_ratios=(8, 8, 4, 4), depths=(3, 2, 2, 2))),
     'resnet_tiny': dict(_RESNET, timm='resnet18', channels=(32, 64, 128, 256), layout='mmcv_resnet', pretrained=None,
                         kwargs=dict(channels=(32, 64, 128, 256), stem_type='deep', stem_width=16)),
 }
