@@ -185,6 +185,9 @@ def match_state_dict(model: nn.Module, sd: dict, path='<state dict>', format='',
     elif file_bb and not model_bb:
         rep.skipped.update({k: 'segmentor head; the target is a bare backbone' for k in sd if not k.startswith('backbone.')})
         sd = {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
+    if hasattr(model, 'convert_pretrained') and not set(sd) & set(target_sd):   # a timm backbone: its family's published layout
+        sd, skipped = model.convert_pretrained(sd)
+        rep.skipped.update(skipped)
     rules = _skip_rules(target_sd)
     use = {}
     for k, v in sd.items():
@@ -194,7 +197,7 @@ def match_state_dict(model: nn.Module, sd: dict, path='<state dict>', format='',
             else: rep.mismatched.append((k, tuple(v.shape), tuple(target_sd[k].shape)))
         elif (why := next((w for p, w in rules.items() if re.match(p, k)), None)): rep.skipped[k] = why
         else: rep.unexpected.append(k)
-    rep.missing = [k for k in target_sd if k not in sd]
+    rep.missing = [k for k in target_sd if k not in sd and k not in rep.skipped]   # skipped: layers the file cannot have
     rep.loaded = len(use)
     return model, use, rep
 
