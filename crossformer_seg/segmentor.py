@@ -128,6 +128,9 @@ SEG_CONFIGS = {
     'upernet_crossformer_s': upernet_config(crossformer_config('s', **_G7)),
     'upernet_crossformer_b': upernet_config(crossformer_config('b', **_G7)),
     'upernet_crossformer_l': upernet_config(crossformer_config('l', **_G7)),
+    # CrossFormer++-S (the official `CrossFormer_S2`: ACL, the ++ grouping) with the official configs' G 7-7-7-7, I 8-4-2-1
+    'fpn_crossformerpp_s': fpn_config(crossformer_config('pp_s', **_G7)),
+    'upernet_crossformerpp_s': upernet_config(crossformer_config('pp_s', **_G7)),
     # the baselines of the seed's tables, with MMSegmentation's settings (`baselines.BASELINE_BACKBONES`)
     'fpn_swin_s': fpn_config(baseline_config('swin_s')),
     'fpn_pvt_m': fpn_config(baseline_config('pvt_m')),
@@ -138,6 +141,8 @@ SEG_CONFIGS = {
     'upernet_r101': upernet_config(baseline_config('r101')),
     'tiny_fpn': fpn_config(crossformer_config('tiny', **_G7), neck_channels=32, channels=16),
     'tiny_upernet': upernet_config(crossformer_config('tiny', **_G7), channels=32, aux_channels=16),
+    'tiny_fpn_pp': fpn_config(crossformer_config('pp_tiny', **_G7), neck_channels=32, channels=16),
+    'tiny_upernet_pp': upernet_config(crossformer_config('pp_tiny', **_G7), channels=32, aux_channels=16),
     **{f'tiny_fpn_{f}': fpn_config(baseline_config(f'{f}_tiny'), neck_channels=32, channels=16) for f in ('swin', 'pvt', 'resnet')},
     **{f'tiny_upernet_{f}': upernet_config(baseline_config(f'{f}_tiny'), channels=32, aux_channels=16) for f in ('swin', 'pvt', 'resnet')},
 }
