@@ -6,11 +6,11 @@
 __all__ = ['LSDA_LAYOUTS', 'MIN_INPUT_SIZE', 'GROUP_TYPES', 'CROSSFORMER_VARIANTS', 'PP_CLS_GROUPS', 'ORIGINAL_BUFFER_SUFFIXES',
            'default_cfgs', 'cross_scale_dims', 'CrossScaleEmbedding', 'CrossScaleMerging', 'DynamicPosBias',
            'relative_offsets', 'short_distance_groups', 'short_distance_ungroup', 'long_distance_groups',
-           'regional_long_distance_groups', 'long_distance_ungroup', 'lda_interval', 'attention_layout', 'layout_args',
-           'fallback_args', 'group_index', 'LSDAttention', 'CrossFormerBlock', 'acl_after', 'CrossFormerStage',
-           'progressive_group_sizes', 'CrossFormer', 'CrossFormerClassifier', 'checkpoint_filter_fn', 'crossformer_t',
-           'crossformer_s', 'crossformer_b', 'crossformer_l', 'crossformerpp_s', 'crossformerpp_b', 'crossformerpp_l',
-           'crossformerpp_h', 'crossformer_backbone']
+           'long_distance_ungroup', 'lda_interval', 'attention_layout', 'layout_args', 'fallback_args', 'group_index',
+           'LSDAttention', 'CrossFormerBlock', 'acl_after', 'CrossFormerStage', 'progressive_group_sizes',
+           'CrossFormer', 'regional_long_distance_groups', 'CrossFormerClassifier', 'checkpoint_filter_fn',
+           'crossformer_t', 'crossformer_s', 'crossformer_b', 'crossformer_l', 'crossformerpp_s', 'crossformerpp_b',
+           'crossformerpp_l', 'crossformerpp_h', 'crossformer_backbone']
 
 # %% ../nbs/02_backbone.ipynb #c002
 import math
@@ -119,12 +119,6 @@ def long_distance_groups(x, I):
     "LDA: `(B, Hp, Wp, C)` -> `(B*I*I, (Hp/I)*(Wp/I), C)`, group (a, b) holds the tokens at `(a + I*y, b + I*x)`."
     B, Hp, Wp, C = x.shape
     return x.reshape(B, Hp // I, I, Wp // I, I, C).permute(0, 2, 4, 1, 3, 5).reshape(-1, (Hp // I) * (Wp // I), C)
-
-def regional_long_distance_groups(x, I, G):
-    "CrossFormer++ LDA: `(B, Hp, Wp, C)` -> `(B*nG, G*G, C)`; inside each `(G*I) x (G*I)` region, group (a, b) holds the tokens at `(a + I*y, b + I*x)`."
-    B, Hp, Wp, C = x.shape
-    R = G * I
-    return x.reshape(B, Hp // R, G, I, Wp // R, G, I, C).permute(0, 1, 4, 3, 6, 2, 5, 7).reshape(-1, G * G, C)
 
 def long_distance_ungroup(x, I, Hp, Wp):
     "Inverse of `long_distance_groups`."
@@ -547,6 +541,13 @@ CROSSFORMER_VARIANTS = {  # the paper's hyper-parameters of T/S/B/L; 'tiny' is t
     'pp_tiny': dict(embed_dim=32, depths=(2, 2, 4, 2), num_heads=(1, 2, 4, 8), drop_path_rate=0., **_PP),
 }
 PP_CLS_GROUPS = dict(group_size=(4, 4, 14, 7), crs_interval=(4, 2, 1, 1))   # PGS of the ++ ImageNet models (constant per stage)
+
+# %% ../nbs/02_backbone.ipynb #pp01
+def regional_long_distance_groups(x, I, G):
+    "CrossFormer++ LDA: `(B, Hp, Wp, C)` -> `(B*nG, G*G, C)`; inside each `(G*I) x (G*I)` region, group (a, b) holds the tokens at `(a + I*y, b + I*x)`."
+    B, Hp, Wp, C = x.shape
+    R = G * I
+    return x.reshape(B, Hp // R, G, I, Wp // R, G, I, C).permute(0, 1, 4, 3, 6, 2, 5, 7).reshape(-1, G * G, C)
 
 # %% ../nbs/02_backbone.ipynb #c047
 class CrossFormerClassifier(CrossFormer):
