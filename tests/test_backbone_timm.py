@@ -1,6 +1,6 @@
 """timm conformance of the backbone. The checks of timm's own model tests (its `tests/test_models.py`: forward,
 backward, default_cfgs, forward_features, forward_intermediates and its features variant, FX forward/backward,
-TorchScript) restated for `crossformer_t` and `crossformer_s` at the sizes timm's tests use; and, in more than one
+TorchScript) restated for `crossformer_t`, `crossformer_s` and `crossformerpp_s` at the sizes timm's tests use; and, in more than one
 process, that `features_only` models train under DDP as they are (no `find_unused_parameters`), because they hold no
 parameter that the forward pass leaves unused."""
 import math, tempfile
@@ -14,7 +14,7 @@ from timm.models import get_notrace_modules, get_notrace_functions
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names, NodePathTracer
 import crossformer_seg.backbone  # noqa: F401  (registers crossformer_* with timm)
 
-MODELS = ['crossformer_t', 'crossformer_s']
+MODELS = ['crossformer_t', 'crossformer_s', 'crossformerpp_s']   # v1, and CrossFormer++ (ACL, the ++ grouping, G 4-4-14-7)
 FWD, BWD, FEAT, FX = 224, 128, 96, 128   # input sizes of timm's tests (their targets, capped by the 224 default)
 FX_KW = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(), param_shapes_constant=True)
 

@@ -72,6 +72,33 @@ def test_options_equal_official(case):
     for hw, sm in info['sizes'].items():
         with torch.no_grad(): _compare(m(MR.make_input(*sm['input']['shape'][2:])), sm, f'{case} {hw}')
 
+def test_kernels_off_equal_official():
+    "With the CPU fast paths off (the plain PyTorch that CUDA runs) the ++ trunk still gives the official maps."
+    from crossformer_seg import kernels
+    info = META['cases']['pp_tiny_adaptive']
+    m = CrossFormer(**_our_kwargs(info['kwargs'])).eval()
+    m.load_state_dict(_official_weights('pp_tiny_adaptive'), strict=True)
+    with kernels.fast_kernels(False), torch.no_grad():
+        for hw, sm in info['sizes'].items(): _compare(m(MR.make_input(*sm['input']['shape'][2:])), sm, f'kernels off {hw}')
+
+@pytest.mark.parametrize('use_sdpa', (True, False))
+def test_training_step_fast_paths(use_sdpa):
+    "One training step of the ++ trunk (ACL, padded ++ groups, stochastic depth) with the fast paths on and off: equal gradients."
+    from crossformer_seg import kernels
+    x = torch.randn(2, 3, 66, 98, generator=torch.Generator().manual_seed(0))
+    sd = _official_weights('pp_tiny')
+    grads = []
+    for fast in (True, False):
+        m = CrossFormer(**dict(_our_kwargs(META['cases']['pp_tiny']['kwargs']), drop_path_rate=0.2, use_sdpa=use_sdpa)).train()
+        m.load_state_dict(sd, strict=True)
+        with kernels.fast_kernels(fast):
+            torch.manual_seed(0); outs = m(x)
+            sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        grads.append({k: p.grad for k, p in m.named_parameters()})
+    assert grads[0].keys() == grads[1].keys() and any('ex_conv' in k for k in grads[0])
+    scale = max(g.abs().max() for g in grads[1].values())
+    for k, g in grads[1].items(): torch.testing.assert_close(grads[0][k], g, atol=1e-5 * scale, rtol=0, msg=k)
+
 def test_stateless_where_the_official_code_is_not():
     "The official block keeps its LDA -> SDA fallback after a small input; ours gives the fresh-model output whatever ran before."
     info = META['cases']['pp_tiny']
@@ -151,8 +178,12 @@ def test_train_test_predict(demo, tmp_path, config):
 
 @pytest.mark.parametrize('config', PP_CONFIGS)
 def test_complexity_command(config, capsys):
+    "`crossformer-seg complexity` counts the ++ configs as the cache (and the complexity notebook's table) has them."
+    from crossformer_seg.complexity import read_complexity_cache, paper_round
+    rec = read_complexity_cache(Path(__file__).parents[1] / 'nbs' / 'complexity_cache.json')[config]
     assert cli(['complexity', '--config', config]) == 0
-    assert 'Params' in capsys.readouterr().out
+    gflops = rec['flops']['3x1024x1024']['original']['flops'] / 1e9
+    assert f"Params {paper_round(rec['params'] / 1e6)}M  FLOPs {paper_round(gflops)}G" in capsys.readouterr().out
 
 @pytest.mark.parametrize('config', TINY_PP)
 def test_export_any_size(tmp_path, config):
