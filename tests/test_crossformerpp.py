@@ -141,6 +141,16 @@ def test_released_classification_layout_loads(tmp_path):
         assert rep.ok and rep.loaded == len(seg.backbone.state_dict()), rep
         assert torch.equal(seg.backbone.state_dict()['layers.2.blocks.5.ex_ln.weight'], sd['layers.2.blocks.5.ex_ln.weight'])
 
+def test_official_segmentation_checkpoint_loads_strict(tmp_path):
+    "An MMSegmentation-layout file of the official ++ UPerNet (`state_dict` with `backbone.` = the official trunk's names) loads strictly."
+    seg = build_segmentor('upernet_crossformerpp_s')
+    heads = {k: torch.randn(v.shape) if v.is_floating_point() else v for k, v in seg.state_dict().items() if not k.startswith('backbone.')}
+    sd = {**{f'backbone.{k}': v for k, v in _official_weights('s2_seg').items()}, **heads}
+    torch.save({'meta': {'mmseg_version': '0.29.1'}, 'state_dict': sd}, tmp_path / 'upernet_crossformerpp_s.pth')
+    rep = load_checkpoint(seg, tmp_path / 'upernet_crossformerpp_s.pth')   # strict by default
+    assert rep.ok and rep.loaded == len(sd) and not rep.skipped
+    assert torch.equal(seg.backbone.layers[2].blocks[14].ex_conv.weight, sd['backbone.layers.2.blocks.14.ex_conv.weight'])
+
 @pytest.mark.parametrize('config', PP_CONFIGS + TINY_PP)
 def test_eval_at_odd_sizes(config):
     torch.manual_seed(0)
@@ -185,9 +195,9 @@ def test_complexity_command(config, capsys):
     gflops = rec['flops']['3x1024x1024']['original']['flops'] / 1e9
     assert f"Params {paper_round(rec['params'] / 1e6)}M  FLOPs {paper_round(gflops)}G" in capsys.readouterr().out
 
-@pytest.mark.parametrize('config', TINY_PP)
+@pytest.mark.parametrize('config', TINY_PP + tuple(pytest.param(c, marks=pytest.mark.slow) for c in PP_CONFIGS))
 def test_export_any_size(tmp_path, config):
-    "ONNX with free B, H, W: every output equals PyTorch at the four check sizes (both heads; the full-size runs are in the benchmark)."
+    "ONNX with free B, H, W: every output equals PyTorch at the four check sizes (both heads; full size: slow, and benchmarks/bench_onnx.py)."
     from crossformer_seg.export import export_onnx, check_onnx, describe_check
     torch.manual_seed(0)
     m = build_segmentor(config).eval()

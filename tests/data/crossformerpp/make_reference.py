@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     python tests/data/crossformerpp/make_reference.py \
-        --official /work/official/crossformer_backbone_seg.py --out tests/data/crossformerpp
+        --official path/to/crossformer_backbone_seg.py --out tests/data/crossformerpp
 
 The official file (``models/crossformer_backbone_seg.py`` of ``cheerss/CrossFormer``,
 commit a01b39ce93e9ccc79d8602b5cd05787f7b3bbe5f) is *not* part of this repository; pass
