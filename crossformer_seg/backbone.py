@@ -158,8 +158,7 @@ def _max(a, b):
 def layout_args(H, W, group_size, interval, long_distance, lsda_layout='v1', adaptive_interval=False):
     "`attention_layout`'s choice as `(sda, size, group)` for `LSDAttention`; v1 SDA blocks need no branch (`size = min(G, H, W)`), so H, W may be symbolic."
     if not long_distance and lsda_layout == 'v1': return 1, _min(group_size, _min(H, W)), None
-    kind, size = attention_layout(H, W, group_size, interval, long_distance, lsda_layout, adaptive_interval)[:2]
-    return int(kind == 'SDA'), size, (group_size if kind == 'LDA' and lsda_layout == 'pp' else None)
+    return fallback_args(H, W, group_size, interval, long_distance, lsda_layout, adaptive_interval, small=min(H, W) <= group_size)
 
 def fallback_args(H, W, group_size, interval, long_distance, lsda_layout='v1', adaptive_interval=False, small=True):
     "`layout_args` of one side of the `min(H, W) <= G` test (`small`), for symbolic H, W: the fallback SDA, or the block's own layout."
@@ -176,14 +175,14 @@ def group_index(H, W, sda, size, batch=1, device=None, plain_first=False, group=
     nGh, nGw = sda * nH + lda * size, sda * nW + lda * size            # groups down and across
     Gh, Gw = sda * size + lda * nH, sda * size + lda * nW              # tokens of one group down and across
     a, b = sda * size + lda, sda + lda * size                          # map row = a * (group row) + b * (row in group)
-    ar, shape, N = (lambda n: torch.arange(n, device=device)), (nGh, nGw, Gh, Gw), Gh * Gw
-    first_h, first_w, Wp = ar(nGh) * a, ar(nGw) * a, nW * size         # map row / column of each group's first token
-    if group is not None:                                              # ++ LDA: the same sampling inside each region
+    ar = lambda n: torch.arange(n, device=device)
+    if group is None: first_h, first_w, Wp = ar(nGh) * a, ar(nGw) * a, nW * size   # map row / column of each group's first token
+    else:                                                              # ++ LDA: the same sampling inside each region
         R = group * size
         nRh, nRw = (H + R - 1) // R, (W + R - 1) // R
         first_h, first_w = (packed(ar(n)[:, None] * R + ar(size)[None]).view(-1) for n in (nRh, nRw))
         nGh, nGw, Gh, Gw, b, Wp = nRh * size, nRw * size, group, group, size, nRw * R
-        shape, N = (nGh, nGw, Gh, Gw), Gh * Gw
+    shape, N = (nGh, nGw, Gh, Gw), Gh * Gw
     rows = first_h[:, None, None, None] + ar(Gh)[None, None, :, None] * b      # (nGh, 1, Gh, 1): map row of each slot
     cols = first_w[None, :, None, None] + ar(Gw)[None, None, None, :] * b      # (1, nGw, 1, Gw): map column
     pad = packed(((rows >= H) | (cols >= W)).expand(shape)).view(-1, N)         # (nG, N)

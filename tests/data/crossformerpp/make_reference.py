@@ -100,6 +100,24 @@ def make_input(H, W):
     return torch.randn(1, 3, H, W, generator=g, dtype=torch.float32)
 
 
+def check_outputs(outs, sizes_meta, stored, label='', tol=1e-4):
+    """Assert that stage maps ``outs`` equal one stored reference entry (``meta['cases'][case]['sizes'][HxW]``).
+
+    The stored channels elementwise and the whole map's min/max/mean/std, each within ``tol`` of the
+    official map's range (max - min); ``stored`` is the loaded ``reference.safetensors``.
+    """
+    for i, o in enumerate(outs):
+        st = sizes_meta["stages"][f"stage{i + 1}"]
+        assert list(o.shape) == st["shape"], (label, i, tuple(o.shape))
+        rng = st["max"] - st["min"]
+        c0, c1 = st["stored_channels"]
+        err = (o[:, c0:c1] - stored[st["key"]]).abs().max().item()
+        assert err <= tol * rng, f"{label} stage {i + 1}: max |diff| {err:.3g} > {tol} of the range {rng:.3g}"
+        o64 = o.double()
+        for stat, v in (("mean", o64.mean()), ("std", o64.std()), ("min", o64.min()), ("max", o64.max())):
+            assert abs(v.item() - st[stat]) <= tol * rng, (label, i, stat, v.item(), st[stat])
+
+
 # --------------------------------------------------------------------------------------
 # loading the official code with mmcv / mmseg stand-ins
 # --------------------------------------------------------------------------------------
